@@ -5,21 +5,18 @@ import argparse
 import importlib
 import sys
 
-# sub-command name -> module with `add_parser(subparsers)`; each module owns its own command.
-COMMANDS = {
-    "check": "moe_cts.spec.check_cli",
-}
+# modules that register sub-commands through `add_parser(subparsers)`; each owns its commands.
+COMMAND_MODULES = (
+    "moe_cts.spec.check_cli",  # check
+    "moe_cts.commands",  # list, coverage, golden
+)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="moe-cts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, modname in COMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        mod.add_parser(sub)
+    for modname in COMMAND_MODULES:
+        importlib.import_module(modname).add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

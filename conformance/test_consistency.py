@@ -1,0 +1,43 @@
+"""Cross-rank consistency negatives: ranks given different global_bs / comm_alg / moe_expert_num.
+
+The doc requires these to agree on every rank but promises no status. Whatever the kernel does, the
+run must end: an error on some rank passes; a hang is caught by the world's deadline and reported
+as *broken: hang* (the run goes on); silent acceptance is reported as a warning (undefined)."""
+import dataclasses
+import warnings
+
+import pytest
+
+from moe_cts import suite
+from moe_cts.cases import BASES, Case, stable_seed
+
+DEADLINE_S = 15.0
+
+
+def _cases():
+    out = []
+    for product, changes in (("A3", ("global_bs", "comm_alg", "moe_expert_num")), ("A2", ("global_bs", "moe_expert_num"))):
+        base = BASES[product]
+        for name in changes:
+            value = {"global_bs": base.bs * base.ep_world_size * 2, "comm_alg": "fullmesh_v2" if product == "A3" else "hierarchy",
+                     "moe_expert_num": base.moe_expert_num * 2}[name]
+            cid = f"{product}-consistency-{name}-rank1"
+            out.append(pytest.param(Case(id=cid, params=base, tier="nightly", kind="consistency", feature=name,
+                                         seed=stable_seed(cid), rank_overrides=((1, ((name, value),)),)),
+                                    id=cid, marks=[pytest.mark.nightly, pytest.mark.full, pytest.mark.consistency,
+                                                   getattr(pytest.mark, product.lower())]))
+    return out
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_mismatch_terminates(case, cts):
+    if case.product not in cts.fixture.products:
+        pytest.skip(f"fixture {cts.fixture.name} serves {list(cts.fixture.products)}")
+    outcomes = cts.pool.run(case.params.world_size, suite.JOB, {"case": case.to_dict(), "combine": True},
+                            layout=(case.params.ep_world_size, case.params.tp), product=case.product,
+                            deadline_s=min(DEADLINE_S, cts.deadline()))
+    errors = [o for o in outcomes if o.error is not None]
+    if not errors:
+        warnings.warn(f"{case.id}: every rank accepted mismatched {case.feature} (the doc leaves this undefined)")
+    assert len(outcomes) == case.params.world_size, (
+        f"case {case.id}: expected an outcome from each of {case.params.world_size} ranks, got {len(outcomes)}")

@@ -1,0 +1,439 @@
+"""Case model and generators.
+
+A :class:`Case` is plain data: product, profile, every operator parameter (an OpParams), the input
+recipe (seed, routing), its tier, and its expectation (outputs, or an aclnn status + the constraint
+that must fire). Generators read the spec rows (moe_cts.spec) so the checker, the generators and the
+sim backend's parameter checks agree by construction.
+
+Legal cases: every range boundary of every checked range row (min, max, an interior value), every
+enum value, and a pairwise covering of the feature dimensions. Illegal cases: from a legal base,
+break exactly one checked row (just past a bound, wrong dtype, null tensor, wrong shape, buffer one
+MB short) and expect its status. Ids are readable and stable (no hash(), no time, no set order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable
+
+from moe_cts.model import DISPATCH_OUTPUTS, OpParams
+
+TIERS = ("smoke", "nightly", "full")
+# constraint id -> why no illegal case can reach it through the torch_npu API (filled by generation)
+UNREACHABLE: dict[str, str] = {}
+GENERATOR_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    params: OpParams
+    tier: str  # smallest tier that holds the case: smoke < nightly < full
+    kind: str  # "legal" | "illegal" | "consistency" | "buffsize"
+    feature: str  # what the case is about: "base", "boundary", "enum", "pairwise", a constraint id ...
+    seed: int
+    routing: str = "uniform"
+    expect_status: int | None = None  # None: the call must succeed
+    expect_constraint: str | None = None  # the spec row that must fire (illegal cases)
+    overrides: tuple[tuple[str, Any], ...] = ()  # CallDesc overrides (dotted paths), applied to the real call too
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the world (HCCL_BUFFSIZE ...)
+    profile: str = "v4-doc"
+    # cross-rank consistency cases: per-rank parameter changes {rank: {param: value}}
+    rank_overrides: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
+
+    @property
+    def product(self) -> str:
+        return self.params.product
+
+    @property
+    def legal(self) -> bool:
+        return self.expect_status is None
+
+    def in_tier(self, tier: str) -> bool:
+        return TIERS.index(self.tier) <= TIERS.index(tier)
+
+    def overrides_dict(self) -> dict:
+        return dict(self.overrides)
+
+    def env_dict(self) -> dict:
+        return dict(self.env)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "params": self.params.to_dict(), "tier": self.tier, "kind": self.kind,
+            "feature": self.feature, "seed": self.seed, "routing": self.routing,
+            "expect_status": self.expect_status, "expect_constraint": self.expect_constraint,
+            "overrides": [list(o) for o in self.overrides], "env": [list(e) for e in self.env],
+            "profile": self.profile,
+            "rank_overrides": [[r, [list(kv) for kv in ch]] for r, ch in self.rank_overrides],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Case":
+        return cls(
+            id=d["id"], params=OpParams.from_dict(d["params"]), tier=d["tier"], kind=d["kind"],
+            feature=d["feature"], seed=d["seed"], routing=d.get("routing", "uniform"),
+            expect_status=d.get("expect_status"), expect_constraint=d.get("expect_constraint"),
+            overrides=tuple((k, v) for k, v in d.get("overrides", [])),
+            env=tuple((k, v) for k, v in d.get("env", [])), profile=d.get("profile", "v4-doc"),
+            rank_overrides=tuple((r, tuple((k, v) for k, v in ch)) for r, ch in d.get("rank_overrides", [])),
+        )
+
+    def allure_parameters(self) -> dict[str, str]:
+        """Every case-defining value, nothing volatile (no paths, times, pids)."""
+        p = self.params.to_dict()
+        out = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in p.items()}
+        out.update(seed=str(self.seed), routing=self.routing, profile=self.profile, kind=self.kind)
+        if self.expect_status is not None:
+            out["expect_status"] = str(self.expect_status)
+            out["expect_constraint"] = str(self.expect_constraint)
+        for k, v in self.overrides:
+            out[f"override:{k}"] = json.dumps(v)
+        for k, v in self.env:
+            out[f"env:{k}"] = str(v)
+        return out
+
+
+def stable_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+# ----------------------------------------------------------------------------------------------
+# legal bases: small enough to run on CPU, legal on their product by the spec
+# ----------------------------------------------------------------------------------------------
+BASES = {
+    "A3": OpParams(product="A3", ep_world_size=4, moe_expert_num=8, bs=4, h=1024, k=3),
+    "A2": OpParams(product="A2", ep_world_size=16, moe_expert_num=16, bs=2, h=256, k=2, comm_alg="fullmesh",
+                   expert_scales=True),
+}
+
+
+def _profile(name: str):
+    from moe_cts.spec import load_profile
+
+    return load_profile(name)
+
+
+def checked_violations(params: OpParams, overrides: dict | None = None, profile: str = "v4-doc",
+                       env: dict | None = None) -> list:
+    return [v for v in _profile(profile).check_params(params, env=env, overrides=overrides) if v.kind == "checked"]
+
+
+def _repair(p: OpParams) -> OpParams:
+    """Nudge dependent values so a changed parameter keeps the case legal where a simple rule exists.
+
+    The rules are the spec's arithmetic couplings (M divisible by W-S, L==1 under TP, K bounded by the
+    expert count, global_bs a multiple of W, mask/uneven-Bs exclusions): changing one value must not
+    break another row by accident.
+    """
+    if p.product == "A2":
+        p = p.replace(tp_world_size=0, shared_expert_rank_num=0, shared_expert_num=1 if p.shared_expert_num else 0,
+                      const_expert_num=0)
+    moe_ranks = p.ep_world_size - p.shared_expert_rank_num
+    if moe_ranks <= 0:
+        return p
+    if p.tp_world_size == 2:
+        m = moe_ranks  # L == 1
+    else:
+        per = max(1, p.moe_expert_num // moe_ranks)
+        m = per * moe_ranks
+    cap = 1024 if p.product == "A3" else 512
+    while m > cap and m - moe_ranks > 0:
+        m -= moe_ranks
+    if p.product == "A2":
+        while m // moe_ranks > 24 and m - moe_ranks > 0:
+            m -= moe_ranks
+    if p.product == "A3":
+        while (m // moe_ranks) * p.ep_world_size > 2048 and m - moe_ranks > 0:
+            m -= moe_ranks
+    p = p.replace(moe_expert_num=m)
+    total = p.moe_expert_num + p.special_expert_num
+    if p.k > total:
+        p = p.replace(k=max(1, total))
+    if p.bs_per_rank is not None:
+        if len(p.bs_per_rank) != p.ep_world_size:
+            p = p.replace(bs_per_rank=_uneven(p.bs, p.ep_world_size))
+        p = p.replace(global_bs=p.bs * p.ep_world_size, x_active_mask="none")
+    elif p.global_bs:
+        p = p.replace(global_bs=p.bs * p.ep_world_size)
+    return p
+
+
+def _uneven(bs: int, w: int) -> tuple[int, ...]:
+    # ranks alternate between maxBs and a smaller Bs (>=1); rank 0 keeps maxBs so the max is realised
+    return tuple(bs if r % 2 == 0 else max(1, bs // 2) for r in range(w))
+
+
+# ----------------------------------------------------------------------------------------------
+# feature dimensions for the pairwise covering
+# ----------------------------------------------------------------------------------------------
+def _dims(product: str) -> dict[str, tuple]:
+    common = {
+        "dtype": ("bfloat16", "float16"),
+        "quant": ("q0", "q2", "q2smooth"),
+        "mask": ("none", "1d", "2d") if product == "A3" else ("none", "1d"),
+        "special": ("none", "zero", "copy", "const", "all") if product == "A3" else ("none", "zero", "copy", "zc"),
+        "gbs": ("zero", "uniform", "uneven"),
+        "ent": (0, 1),
+        "routing": ("uniform", "hot_expert", "empty_ranks", "special_heavy", "shared_only"),
+    }
+    if product == "A3":
+        common.update({"tp": (0, 1, 2), "shared": ("none", "1x1", "2x2"), "comm_alg": ("",)})
+    else:
+        common.update({"comm_alg": ("fullmesh", "")})
+    return common
+
+
+def _apply_dims(base: OpParams, combo: dict) -> tuple[OpParams, str]:
+    p = base.replace(x_dtype=combo["dtype"])
+    q = combo["quant"]
+    p = p.replace(quant_mode=0 if q == "q0" else 2, scales=(q == "q2smooth"))
+    if p.product == "A3":
+        tp = combo["tp"]
+        sh = combo["shared"]
+        se, s = {"none": (1, 0), "1x1": (1, 1), "2x2": (2, 2)}[sh]
+        p = p.replace(shared_expert_num=se, shared_expert_rank_num=s, tp_world_size=tp)
+        if s:
+            p = p.replace(ep_world_size=max(p.ep_world_size, s + 2))
+    mask = combo["mask"]
+    p = p.replace(x_active_mask=mask)
+    z = c = q_ = 0
+    sp = combo["special"]
+    if sp in ("zero", "all", "zc"):
+        z = 1
+    if sp in ("copy", "all", "zc"):
+        c = 1
+    if sp in ("const", "all"):
+        q_ = 1
+    p = p.replace(zero_expert_num=z, copy_expert_num=c, const_expert_num=q_)
+    g = combo["gbs"]
+    if g == "zero":
+        p = p.replace(global_bs=0)
+    elif g == "uniform":
+        p = p.replace(global_bs=p.bs * p.ep_world_size)
+    else:
+        p = p.replace(bs_per_rank=_uneven(p.bs, p.ep_world_size), global_bs=p.bs * p.ep_world_size)
+    p = p.replace(expert_token_nums_type=combo["ent"], comm_alg=combo["comm_alg"])
+    routing = combo["routing"]
+    return _repair(p), routing
+
+
+def _combo_ok(product: str, combo: dict) -> bool:
+    if combo["routing"] == "special_heavy" and combo["special"] == "none":
+        return False
+    if combo["routing"] == "shared_only" and combo.get("shared", "none") == "none":
+        return False
+    if combo["gbs"] == "uneven" and combo["mask"] != "none":
+        return False  # doc: with uneven Bs every token must be active (and the kernel rejects a mask there)
+    return True
+
+
+def pairwise(product: str, base: OpParams, profile: str = "v4-doc", seed: int = 7) -> list[tuple[dict, OpParams, str]]:
+    """A greedy pairwise covering of the product's feature dimensions, every row legal by the spec.
+
+    Deterministic: candidates come from a seeded generator over sorted dimension names, so the same
+    spec and generator version give the same cases (and ids) on every run and Python hash seed.
+    """
+    dims = _dims(product)
+    names = sorted(dims)
+    uncovered = set()
+    for a, b in itertools.combinations(names, 2):
+        for va in dims[a]:
+            for vb in dims[b]:
+                uncovered.add((a, va, b, vb))
+    rng = random.Random(seed)
+    chosen: list[tuple[dict, OpParams, str]] = []
+    misses = 0
+    while uncovered and misses < 30:
+        best = None
+        best_gain = 0
+        for _ in range(150):
+            combo = {n: rng.choice(dims[n]) for n in names}
+            # bias towards an uncovered pair so rare pairs get a chance
+            a, va, b, vb = min(uncovered) if rng.random() < 0.5 else rng.choice(sorted(uncovered))
+            combo[a], combo[b] = va, vb
+            if not _combo_ok(product, combo):
+                continue
+            gain = sum(1 for x, y in itertools.combinations(names, 2) if (x, combo[x], y, combo[y]) in uncovered)
+            if gain > best_gain:
+                p, routing = _apply_dims(base, combo)
+                if checked_violations(p, profile=profile):
+                    continue
+                best, best_gain = (combo, p, routing), gain
+        if best is None:
+            misses += 1
+            continue
+        combo = best[0]
+        for x, y in itertools.combinations(names, 2):
+            uncovered.discard((x, combo[x], y, combo[y]))
+        chosen.append(best)
+    return chosen
+
+
+def _combo_label(combo: dict) -> str:
+    parts = []
+    for n in sorted(combo):
+        v = combo[n]
+        parts.append(f"{n}={v if v != '' else 'null'}")
+    return ",".join(parts)
+
+
+def _params_label(p: OpParams) -> str:
+    bits = [f"W{p.ep_world_size}", f"M{p.moe_expert_num}", f"bs{p.bs}", f"h{p.h}", f"k{p.k}",
+            "bf16" if p.x_dtype == "bfloat16" else "fp16", f"q{p.quant_mode}"]
+    if p.scales:
+        bits.append("smooth")
+    if p.tp_world_size:
+        bits.append(f"tp{p.tp_world_size}")
+    if p.shared_expert_rank_num:
+        bits.append(f"se{p.shared_expert_num}x{p.shared_expert_rank_num}")
+    if p.x_active_mask != "none":
+        bits.append(f"mask{p.x_active_mask}")
+    for tag, n in (("z", p.zero_expert_num), ("c", p.copy_expert_num), ("q", p.const_expert_num)):
+        if n:
+            bits.append(f"{tag}{n}")
+    if p.bs_per_rank is not None:
+        bits.append("uneven")
+    elif p.global_bs:
+        bits.append(f"gbs{p.global_bs}")
+    bits.append(f"ent{p.expert_token_nums_type}")
+    if p.comm_alg:
+        bits.append(p.comm_alg)
+    return "-".join(bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+# ----------------------------------------------------------------------------------------------
+def _legal(product: str, profile: str) -> list[Case]:
+    base = BASES[product]
+    out: list[Case] = []
+
+    def add(p: OpParams, feature: str, tier: str, routing: str = "uniform", label: str | None = None):
+        cid = f"{product}-legal-{feature.split(':')[0]}-{label or _params_label(p)}"
+        if feature.startswith("boundary:"):
+            cid = f"{product}-legal-boundary-{feature.split(':', 1)[1]}-{label}"
+        if routing != "uniform":
+            cid += f"-{routing}"
+        out.append(Case(id=cid, params=p, tier=tier, kind="legal", feature=feature,
+                        seed=stable_seed(cid), routing=routing, profile=profile))
+
+    add(base, "base", "smoke")
+    # every range boundary of every checked row that names one
+    prof = _profile(profile)
+    for row in prof.rows:
+        if row.kind != "checked" or product not in row.products:
+            continue
+        try:
+            values = prof.boundary_values(row.id)
+        except (KeyError, AttributeError, NotImplementedError):
+            values = []
+        for name, value in values:
+            if not hasattr(base, name):
+                continue
+            p = _repair(base.replace(**{name: value}))
+            if getattr(p, name) != value or checked_violations(p, profile=profile):
+                continue
+            if p.world_size > 768 or p.bs * p.h * p.world_size > 2**26:
+                continue
+            tier = "nightly" if p.world_size <= 32 else "full"
+            add(p, f"boundary:{row.id}", tier, label=f"{name}={value}-{_params_label(p)}")
+    # pairwise covering of the feature dimensions
+    for i, (combo, p, routing) in enumerate(pairwise(product, base, profile)):
+        tier = "smoke" if i < 6 else "nightly"
+        add(p, "pairwise", tier, routing=routing, label=f"pw{i:02d}-{_params_label(p)}")
+    return out
+
+
+def _illegal(product: str, profile: str) -> list[Case]:
+    prof = _profile(profile)
+    bases = [BASES[product]]
+    if product == "A3":
+        b = BASES["A3"]
+        bases += [b.replace(quant_mode=2, scales=True), b.replace(tp_world_size=2, moe_expert_num=4),
+                  b.replace(shared_expert_num=1, shared_expert_rank_num=1, moe_expert_num=6),
+                  b.replace(x_active_mask="2d", zero_expert_num=1, copy_expert_num=1, const_expert_num=1)]
+    else:
+        b = BASES["A2"]
+        bases += [b.replace(quant_mode=2, scales=True), b.replace(x_active_mask="1d", zero_expert_num=1, copy_expert_num=1)]
+    out: list[Case] = []
+    for row in prof.rows:
+        if row.kind != "checked" or product not in row.products:
+            continue
+        for base in bases:
+            try:
+                broken = prof.break_case(base, row.id)
+            except (KeyError, NotImplementedError):
+                broken = None
+            if broken is None:
+                continue
+            p, overrides = broken
+            overrides = dict(overrides or {})
+            outs = [k for k in overrides if k.split(".")[:2][-1] in DISPATCH_OUTPUTS and k.startswith("tensors.")]
+            if outs:
+                # torch_npu allocates every output itself: no caller can pass a null or mistyped one
+                UNREACHABLE[row.id] = f"needs an output-tensor override ({outs[0]}): not expressible through torch_npu"
+                continue
+            env = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("env.")}
+            fired = {v.constraint for v in checked_violations(p, overrides, profile)}
+            if fired != {row.id}:
+                continue
+            cid = f"{product}-illegal-{row.id}"
+            out.append(Case(id=cid, params=p, tier="smoke" if row.status != 561002 or len(out) % 4 == 0 else "nightly",
+                            kind="illegal", feature=row.id, seed=stable_seed(cid), expect_status=row.status,
+                            expect_constraint=row.id,
+                            overrides=tuple(sorted((k, v) for k, v in overrides.items() if not k.startswith("env."))),
+                            env=tuple(sorted((k, str(v)) for k, v in env.items())), profile=profile))
+            break
+    return out
+
+
+@lru_cache(maxsize=8)
+def generate(profile: str = "v4-doc", products: tuple[str, ...] = ("A2", "A3")) -> tuple[Case, ...]:
+    cases: list[Case] = []
+    for product in products:
+        cases += _legal(product, profile)
+        cases += _illegal(product, profile)
+    ids = [c.id for c in cases]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        # a generator bug, not a user error: ids must identify exactly one case
+        raise RuntimeError(f"duplicate case ids: {sorted(dup)[:5]}")
+    return tuple(cases)
+
+
+def select(cases: Iterable[Case], tier: str | None = None, product: str | None = None,
+           kind: str | None = None) -> list[Case]:
+    return [c for c in cases
+            if (tier is None or c.in_tier(tier)) and (product is None or c.product == product)
+            and (kind is None or c.kind == kind)]
+
+
+def coverage(cases: Iterable[Case], profile: str = "v4-doc") -> list[tuple[str, int, int, str]]:
+    """Per checked constraint: (id, legal cases exercising it, illegal cases breaking it, note).
+
+    Legal count: boundary cases generated from the row's own bounds; for rows without numeric bounds
+    (dtype, null, shape rules) every legal case of its products passes through the check. The note
+    explains a zero that is structural (the row cannot be broken through torch_npu).
+    """
+    prof = _profile(profile)
+    cases = list(cases)
+    out = []
+    for row in prof.rows:
+        if row.kind != "checked":
+            continue
+        illegal = sum(1 for c in cases if c.expect_constraint == row.id)
+        boundary = sum(1 for c in cases if c.feature == f"boundary:{row.id}")
+        try:
+            has_bounds = bool(prof.boundary_values(row.id))
+        except (KeyError, AttributeError, NotImplementedError):
+            has_bounds = False
+        legal = boundary if has_bounds else sum(1 for c in cases if c.legal and c.product in row.products)
+        note = UNREACHABLE.get(row.id, "") if illegal == 0 else ""
+        out.append((row.id, legal, illegal, note))
+    return out

@@ -1,0 +1,62 @@
+"""Reports: the Allure 3 single-file HTML report (npm `allure`, pinned in reports/package.json) and a
+status summary read straight from the allure-results (the quality gate is done here, in Python:
+Allure 3's own quality-gate needs node 22)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+
+
+class ReportError(Exception):
+    """One line: what could not be produced and why."""
+
+
+def summarize(results: Path) -> dict:
+    """Counts per status from allure-results (latest attempt of each test)."""
+    results = Path(results)
+    if not results.is_dir():
+        raise ReportError(f"{results}: no allure results folder (run the suite with --alluredir first)")
+    latest: dict[str, dict] = {}
+    for f in results.glob("*-result.json"):
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            raise ReportError(f"{f}: corrupt allure result file") from None
+        key = r.get("historyId") or r.get("fullName") or f.name
+        if key not in latest or r.get("stop", 0) > latest[key].get("stop", 0):
+            latest[key] = r
+    counts = Counter(r.get("status", "unknown") for r in latest.values())
+    waived = sum(1 for r in latest.values() if any(l.get("name") == "waiver" for l in r.get("labels", [])))
+    return {"total": len(latest), **dict(sorted(counts.items())), "waived": waived}
+
+
+def allure_cli() -> list[str]:
+    exe = REPORTS / "node_modules" / ".bin" / "allure"
+    if not exe.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise ReportError("the Allure 3 CLI needs node/npm: install node 20+ (npm) and rerun")
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=REPORTS, capture_output=True, text=True,
+                              timeout=600)
+        if proc.returncode != 0 or not exe.exists():
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+            raise ReportError(f"npm ci in {REPORTS} failed: {last[0][:200]}")
+    return [str(exe)]
+
+
+def generate_html(results: Path, out: Path, *, name: str = "moe-cts") -> Path:
+    """Write the single-file HTML report (opens from file://) and return its path."""
+    results, out = Path(results), Path(out)
+    summarize(results)  # validates the folder first: one clear line instead of a node stack trace
+    cmd = allure_cli() + ["awesome", str(results), "-o", str(out), "--single-file", "--report-name", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    index = out / "index.html"
+    if proc.returncode != 0 or not index.exists():
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        raise ReportError(f"allure awesome failed ({proc.returncode}): {last[0][:200]}")
+    return index

@@ -1,0 +1,246 @@
+"""What one rank does for one case: build its inputs from the seed, call the backend, hand back numpy.
+
+``run_case_on_rank`` is the world job (``"moe_cts.runner:run_case_on_rank"``): it runs inside every
+rank process with that rank's RankContext and the fixture's backend. Inputs come from
+(case seed, rank) alone (moe_cts.inputs), so nothing but the case description crosses processes.
+The case's overrides (wrong dtype, null tensor, bad shape, illegal group name ...) are applied to
+the real arguments here, so an illegal case exercises the real call path.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from moe_cts.model import DISPATCH_OUTPUTS, OpParams
+
+# torch_npu keyword names of dispatch inputs that are tensors, in the order the binding lists them
+_DISPATCH_TENSOR_KW = ("scales", "x_active_mask", "expert_scales", "elastic_info", "performance_info")
+_STR_ATTRS = ("group_ep", "group_tp", "comm_alg")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def to_torch(a: np.ndarray | None, device: str = "cpu"):
+    """numpy (incl. ml_dtypes bfloat16) -> torch tensor on device, bit-exact."""
+    if a is None:
+        return None
+    torch = _torch()
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device) if device != "cpu" else t
+
+
+def to_numpy(t) -> np.ndarray | None:
+    """torch tensor -> numpy (bf16 as ml_dtypes.bfloat16), bit-exact, on the host."""
+    if t is None:
+        return None
+    torch = _torch()
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+_DTYPES = {
+    "bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "float64": "float64", "int8": "int8",
+    "int16": "int16", "int32": "int32", "int64": "int64", "bool": "bool", "uint8": "uint8",
+}
+
+
+def _retype(t, dtype: str):
+    torch = _torch()
+    return t.to(getattr(torch, _DTYPES[dtype]))
+
+
+def _reshape(t, shape):
+    """A tensor of the requested shape that keeps as much of t's data as fits (the rest zero)."""
+    torch = _torch()
+    out = torch.zeros(tuple(shape), dtype=t.dtype, device=t.device)
+    if t.dim() == len(shape):
+        sl = tuple(slice(0, min(a, b)) for a, b in zip(t.shape, shape))
+        out[sl] = t[sl]
+    return out
+
+
+def _make(desc: dict, device: str):
+    torch = _torch()
+    return torch.zeros(tuple(desc["shape"]), dtype=getattr(torch, _DTYPES[desc["dtype"]]), device=device)
+
+
+def apply_overrides(kwargs: dict, overrides: dict, device: str) -> dict:
+    """Apply CallDesc-style overrides ("tensors.x.dtype", "tensors.scales", "attrs.group_ep" ...) to real kwargs."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] == "attrs":
+            kwargs[parts[1]] = value
+        elif parts[0] == "tensors":
+            name = parts[1]
+            if len(parts) == 2:
+                kwargs[name] = None if value is None else _make(value, device)
+            elif kwargs.get(name) is None:
+                raise ValueError(f"override {key}: tensor {name!r} is not passed in this case")
+            elif parts[2] == "dtype":
+                kwargs[name] = _retype(kwargs[name], value)
+            elif parts[2] == "shape":
+                kwargs[name] = _reshape(kwargs[name], value)
+            else:
+                raise ValueError(f"override {key}: unknown tensor property {parts[2]!r}")
+        elif parts[0] == "env":
+            continue  # applied to the rank's environment by the caller
+        else:
+            raise ValueError(f"override {key}: unknown section {parts[0]!r}")
+    return kwargs
+
+
+def dispatch_kwargs(p: OpParams, inp: dict, ctx, overrides: dict | None = None) -> dict:
+    g = ctx.rank
+    dev = ctx.device
+    kw: dict[str, Any] = dict(
+        x=to_torch(inp["x"], dev), expert_ids=to_torch(inp["expert_ids"], dev),
+        group_ep=ctx.ep_group, ep_world_size=p.ep_world_size, ep_rank_id=p.ep_rank(g),
+        moe_expert_num=p.moe_expert_num,
+        scales=to_torch(inp.get("scales"), dev) if p.scales else None,
+        x_active_mask=to_torch(inp.get("x_active_mask"), dev),
+        expert_scales=to_torch(inp["expert_scales"], dev) if p.expert_scales else None,
+        group_tp=ctx.tp_group if p.tp_world_size == 2 else "",
+        tp_world_size=p.tp_world_size, tp_rank_id=p.tp_rank(g), expert_shard_type=p.expert_shard_type,
+        shared_expert_num=p.shared_expert_num, shared_expert_rank_num=p.shared_expert_rank_num,
+        quant_mode=p.quant_mode, global_bs=p.global_bs, expert_token_nums_type=p.expert_token_nums_type,
+        comm_alg=p.comm_alg, zero_expert_num=p.zero_expert_num, copy_expert_num=p.copy_expert_num,
+        const_expert_num=p.const_expert_num,
+    )
+    if p.performance_info:
+        torch = _torch()
+        kw["performance_info"] = torch.zeros(p.ep_world_size, dtype=torch.int64, device=dev)
+    if overrides:
+        apply_overrides(kw, overrides, dev)
+    return kw
+
+
+def combine_kwargs(p: OpParams, inp: dict, ctx, d: tuple, expert_out) -> dict:
+    g = ctx.rank
+    dev = ctx.device
+    expand_x, _scales, assist, _etn, ep_recv, tp_recv, expand_scales = d
+    kw: dict[str, Any] = dict(
+        expert_ids=to_torch(inp["expert_ids"], dev), ep_send_counts=ep_recv,
+        expert_scales=to_torch(inp["expert_scales"], dev), group_ep=ctx.ep_group, ep_world_size=p.ep_world_size,
+        ep_rank_id=p.ep_rank(g), moe_expert_num=p.moe_expert_num,
+        tp_send_counts=tp_recv, x_active_mask=to_torch(inp.get("x_active_mask"), dev),
+        expand_scales=expand_scales if p.expert_scales else None,
+        shared_expert_x=to_torch(inp.get("shared_expert_x"), dev) if p.shared_expert_x else None,
+        ori_x=to_torch(inp.get("ori_x"), dev), const_expert_alpha_1=to_torch(inp.get("const_expert_alpha_1"), dev),
+        const_expert_alpha_2=to_torch(inp.get("const_expert_alpha_2"), dev),
+        const_expert_v=to_torch(inp.get("const_expert_v"), dev),
+        group_tp=ctx.tp_group if p.tp_world_size == 2 else "", tp_world_size=p.tp_world_size,
+        tp_rank_id=p.tp_rank(g), expert_shard_type=p.expert_shard_type, shared_expert_num=p.shared_expert_num,
+        shared_expert_rank_num=p.shared_expert_rank_num, global_bs=p.global_bs, comm_quant_mode=p.comm_quant_mode,
+        comm_alg=p.comm_alg, zero_expert_num=p.zero_expert_num, copy_expert_num=p.copy_expert_num,
+        const_expert_num=p.const_expert_num,
+    )
+    x_in = to_torch(expert_out, dev)
+    if p.combine_kind == "add_rms_norm":
+        kw.pop("ep_send_counts")
+        kw.pop("performance_info", None)
+        kw.update(expand_x=x_in, expand_idx=assist, ep_send_counts=ep_recv,
+                  residual_x=to_torch(inp["residual_x"], dev), gamma=to_torch(inp["gamma"], dev), norm_eps=p.norm_eps)
+    else:
+        kw.update(expand_x=x_in, assist_info_for_combine=assist)
+    return kw
+
+
+def valid_rows_from(p: OpParams, expert_token_nums: np.ndarray) -> int:
+    """Rows of expand_x that are defined, read from the normative expert_token_nums."""
+    etn = np.asarray(expert_token_nums, dtype=np.int64)
+    if etn.size == 0:
+        return 0
+    return int(etn[-1]) if p.expert_token_nums_type == 0 else int(etn.sum())
+
+
+def run_case_on_rank(ctx, backend, payload: dict) -> dict:
+    """The world job for one case. payload: {"case": Case.to_dict(), "combine": bool, "repeat": int}."""
+    from moe_cts.cases import Case
+    from moe_cts.experts import apply_experts
+    from moe_cts.inputs import rank_inputs
+
+    case = Case.from_dict(payload["case"])
+    if payload.get("perf_probe"):
+        return perf_info_probe(ctx, backend, case)
+    p = case.params
+    for r, changes in case.rank_overrides:
+        if r == ctx.rank:
+            p = p.replace(**dict(changes))
+    env = dict(ctx.env)
+    env.update(case.env_dict())
+    ctx.env = env
+    inp = rank_inputs(p, case.seed, ctx.rank, case.routing)
+    overrides = case.overrides_dict()
+    result: dict[str, Any] = {"rank": ctx.rank, "runs": [], "timings": {}}
+    repeat = int(payload.get("repeat", 1))
+    perf = None
+    for i in range(repeat):
+        kw = dispatch_kwargs(p, inp, ctx, overrides)
+        if perf is not None and kw.get("performance_info") is not None:
+            kw["performance_info"] = perf  # accumulate across calls, as the doc says
+        t0 = time.perf_counter()
+        d = backend.dispatch(ctx, **kw)
+        result["timings"].setdefault("dispatch_s", []).append(time.perf_counter() - t0)
+        perf = kw.get("performance_info")
+        run = {"dispatch": {name: to_numpy(t) for name, t in zip(DISPATCH_OUTPUTS, d)}}
+        if perf is not None:
+            run["performance_info"] = to_numpy(perf).copy()
+        result["runs"].append(run)
+    if not payload.get("combine", True):
+        return result
+    out = result["runs"][-1]["dispatch"]
+    valid = valid_rows_from(p, out["expert_token_nums"])
+    expert_out = apply_experts(p, ctx.rank, out["expand_x"], out["dynamic_scales"], out["expert_token_nums"], valid)
+    ckw = combine_kwargs(p, inp, ctx, d, expert_out)
+    t0 = time.perf_counter()
+    if p.combine_kind == "add_rms_norm":
+        y, rstd, x = backend.combine_add_rms_norm(ctx, **ckw)
+        result["combine"] = {"y": to_numpy(y), "rstd": to_numpy(rstd), "x": to_numpy(x)}
+    else:
+        result["combine"] = {"x": to_numpy(backend.combine(ctx, **ckw))}
+    result["timings"]["combine_s"] = time.perf_counter() - t0
+    result["expert_out_rows"] = valid
+    return result
+
+
+def perf_info_probe(ctx, backend, case) -> dict:
+    """performance_info behaviour: passed twice (accumulates), zeroed, passed again; and not passed."""
+    from moe_cts.inputs import rank_inputs
+
+    torch = _torch()
+    p = case.params.replace(performance_info=True)
+    env = dict(ctx.env)
+    env.update(case.env_dict())
+    ctx.env = env
+    inp = rank_inputs(p, case.seed, ctx.rank, case.routing)
+    kw = dispatch_kwargs(p, inp, ctx)
+    perf = kw["performance_info"]
+    snaps = {"dtype": str(perf.dtype).replace("torch.", ""), "shape": list(perf.shape)}
+    backend.dispatch(ctx, **kw)
+    snaps["after_1"] = to_numpy(perf).copy()
+    kw = dispatch_kwargs(p, inp, ctx)
+    kw["performance_info"] = perf
+    backend.dispatch(ctx, **kw)
+    snaps["after_2"] = to_numpy(perf).copy()
+    perf.zero_()
+    kw = dispatch_kwargs(p, inp, ctx)
+    kw["performance_info"] = perf
+    backend.dispatch(ctx, **kw)
+    snaps["after_zero_1"] = to_numpy(perf).copy()
+    kw = dispatch_kwargs(p.replace(performance_info=False), inp, ctx)
+    out = backend.dispatch(ctx, **kw)
+    snaps["absent_outputs"] = len(out)
+    return snaps
