@@ -1,0 +1,271 @@
+"""Self-tests of moe_cts.world on the fork / loopback path (CPU, gloo).
+
+The jobs and the test backend live in this module; the rank processes import it by the name pytest
+gave it (``__name__``), which forked children already have in sys.modules.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from moe_cts.fixtures import load_fixture
+from moe_cts.model import AclnnError
+from moe_cts.world import RankOutcome, WorldBroken, WorldPool
+from moe_cts.world.worker import layout_groups
+
+HERE = __name__
+SIM = os.path.join(os.path.dirname(__file__), "..", "fixtures", "sim.yaml")
+
+
+# ----------------------------------------------------------------------------- test backend + jobs
+class EchoBackend:
+    """Anything with dispatch/combine will do: the world never calls them itself."""
+
+    name = "echo"
+
+    def __init__(self, **options):
+        self.options = options
+
+    def dispatch(self, ctx, *a, **kw):
+        return ("dispatch", ctx.rank)
+
+    def combine(self, ctx, *a, **kw):
+        return ("combine", ctx.rank)
+
+
+def factory(**options):
+    return EchoBackend(**options)
+
+
+def job_a2a(ctx, backend, payload):
+    """all_to_all of rank ids over this rank's EP group: every rank receives every member's id."""
+    import torch
+
+    t = ctx.transport
+    g = ctx.groups[ctx.ep_group]
+    n = t.group_size(g)
+    out = torch.empty(n, dtype=torch.int64)
+    t.all_to_all_single(out, torch.full((n,), ctx.rank, dtype=torch.int64), group=g)
+    tp = None
+    if ctx.tp_group:
+        tg = ctx.groups[ctx.tp_group]
+        lst = [torch.empty(1, dtype=torch.int64) for _ in range(t.group_size(tg))]
+        t.all_gather(lst, torch.tensor([ctx.rank]), group=tg)
+        tp = [int(x) for x in lst]
+    return {"rank": ctx.rank, "ep": out.tolist(), "tp": tp, "backend": backend.dispatch(ctx),
+            "env": ctx.env.get("HCCL_BUFFSIZE"), "product": ctx.product, "payload": payload}
+
+
+def job_sleep_on(ctx, backend, payload):
+    if ctx.rank == payload:
+        time.sleep(600)  # the hung rank
+    return ctx.rank
+
+
+def job_exit_on(ctx, backend, payload):
+    if ctx.rank == payload:
+        os._exit(7)
+    return ctx.rank
+
+
+def job_sigkill_on(ctx, backend, payload):
+    if ctx.rank == payload:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return ctx.rank
+
+
+def job_raise_on(ctx, backend, payload):
+    if ctx.rank == payload:
+        raise AclnnError(561002, "HCCL_BUFFSIZE too small", constraint="A3.buffsize.min")
+    return ctx.rank
+
+
+class Unpicklable(Exception):
+    def __init__(self, lock):
+        import threading
+
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def job_raise_unpicklable(ctx, backend, payload):
+    raise Unpicklable(None)
+
+
+def job_pid(ctx, backend, payload):
+    return os.getpid()
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def fx():
+    return load_fixture(SIM)
+
+
+@pytest.fixture(scope="module")
+def pool(fx):
+    p = WorldPool(fx, backend_spec=f"{HERE}:factory")
+    yield p
+    p.close()
+
+
+def _children() -> list[int]:
+    """Live (non-zombie) child processes of this process, from /proc."""
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rindex(")") + 2:].split()
+        if int(rest[1]) == me and rest[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        return st[st.rindex(")") + 2:].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_all_to_all_of_rank_ids(pool, n):
+    outs = pool.run(n, f"{HERE}:job_a2a", {"seed": 1}, product="A2")
+    assert [o.rank for o in outs] == list(range(n))
+    for o in outs:
+        assert isinstance(o, RankOutcome) and o.ok, o.error
+        assert o.value["ep"] == list(range(n))
+        assert o.value["backend"] == ("dispatch", o.rank)
+        assert o.value["env"] == "200" and o.value["product"] == "A2" and o.value["payload"] == {"seed": 1}
+
+
+def test_warm_world_is_reused(pool):
+    pids = [o.value for o in pool.run(4, f"{HERE}:job_pid")]
+    again = [o.value for o in pool.run(4, f"{HERE}:job_pid")]
+    assert pids == again and len(set(pids)) == 4
+
+
+def test_ep_tp_layout_groups(pool):
+    outs = pool.run(8, f"{HERE}:job_a2a", layout=(4, 2))
+    for o in outs:
+        g = o.rank
+        assert o.value["ep"] == [e * 2 + g % 2 for e in range(4)]  # EP group t = [e*T + t]
+        assert o.value["tp"] == [(g // 2) * 2 + t for t in range(2)]  # TP group e = [e*T + t]
+    # back to the flat layout on the same world: groups are cached per layout
+    assert all(o.value["ep"] == list(range(8)) for o in pool.run(8, f"{HERE}:job_a2a"))
+    with pytest.raises(ValueError):
+        pool.run(8, f"{HERE}:job_a2a", layout=(3, 2))
+
+
+def test_layout_groups_match_model():
+    E, T, groups = layout_groups(8, (4, 2))
+    assert (E, T) == (4, 2)
+    assert dict(groups)["ep4x2_ep1"] == (1, 3, 5, 7) and dict(groups)["ep4x2_tp3"] == (6, 7)
+
+
+def test_hang_is_broken_within_deadline_then_next_passes(pool):
+    t0 = time.monotonic()
+    with pytest.raises(WorldBroken) as ei:
+        pool.run(4, f"{HERE}:job_sleep_on", 2, deadline_s=1.5)
+    took = time.monotonic() - t0
+    e = ei.value
+    assert e.kind == "hang" and "[2]" in e.message
+    assert took < 1.5 + 3.0, took  # deadline + stack dump + kill
+    assert "job_sleep_on" in e.stacks[2] and "time.sleep" not in e.stacks[0]
+    assert set(e.stacks) == {0, 1, 2, 3}
+    assert sorted(o.rank for o in e.outcomes) == [0, 1, 3]  # what did arrive
+    outs = pool.run(4, f"{HERE}:job_a2a")
+    assert all(o.ok and o.value["ep"] == [0, 1, 2, 3] for o in outs)
+
+
+def test_exit_is_broken_crash_then_next_passes(pool):
+    with pytest.raises(WorldBroken) as ei:
+        pool.run(4, f"{HERE}:job_exit_on", 1, deadline_s=10)
+    assert ei.value.kind == "crash" and "rank 1" in ei.value.message and "code 7" in ei.value.message
+    assert all(o.ok for o in pool.run(4, f"{HERE}:job_a2a"))
+
+
+def test_killed_rank_is_broken_crash_then_next_passes(pool):
+    old = pool.pids
+    with pytest.raises(WorldBroken) as ei:
+        pool.run(2, f"{HERE}:job_sigkill_on", 0, deadline_s=10)
+    assert ei.value.kind == "crash" and "SIGKILL" in ei.value.message
+    assert all(o.ok for o in pool.run(2, f"{HERE}:job_a2a"))
+    assert set(pool.pids) != set(old)
+
+
+def test_exception_is_an_outcome_and_world_survives(pool):
+    pids = [o.value for o in pool.run(4, f"{HERE}:job_pid")]
+    outs = pool.run(4, f"{HERE}:job_raise_on", 3)
+    assert [o.ok for o in outs] == [True, True, True, False]
+    err = outs[3].error
+    assert type(err) is AclnnError
+    assert (err.status, err.constraint, err.message) == (561002, "A3.buffsize.min", "HCCL_BUFFSIZE too small")
+    assert err.rank == 3 and "job_raise_on" in err.remote_traceback
+    assert [o.value for o in pool.run(4, f"{HERE}:job_pid")] == pids  # same world
+
+
+def test_unpicklable_exception_and_missing_job(pool):
+    outs = pool.run(2, f"{HERE}:job_raise_unpicklable")
+    assert all(o.error is not None for o in outs)
+    assert "Unpicklable" in str(type(outs[0].error).__name__) + str(outs[0].error)
+    outs = pool.run(2, f"{HERE}:no_such_job")
+    assert all(isinstance(o.error, AttributeError) for o in outs)
+    assert all(o.ok for o in pool.run(2, f"{HERE}:job_a2a"))
+
+
+def test_loopback_world_of_32(pool):
+    outs = pool.run(32, f"{HERE}:job_a2a", layout=(16, 2))
+    assert len(outs) == 32 and all(o.ok for o in outs)
+    assert outs[5].value["ep"] == [e * 2 + 1 for e in range(16)] and outs[5].value["tp"] == [4, 5]
+    assert len(set(pool.run(32, f"{HERE}:job_pid")[i].value for i in range(32))) == 1  # one process
+
+
+def test_loopback_hang_and_exception(pool):
+    with pytest.raises(WorldBroken) as ei:
+        pool.run(32, f"{HERE}:job_sleep_on", 17, deadline_s=1.5)
+    assert ei.value.kind == "hang" and "job_sleep_on" in ei.value.stacks[17]
+    outs = pool.run(32, f"{HERE}:job_raise_on", 9)
+    assert outs[9].error.status == 561002 and sum(o.ok for o in outs) == 31
+    assert all(o.ok for o in pool.run(32, f"{HERE}:job_a2a"))
+
+
+def test_world_start_failure_is_infra(fx):
+    p = WorldPool(fx, backend_spec=f"{HERE}:no_such_factory")
+    try:
+        with pytest.raises(WorldBroken) as ei:
+            p.run(2, f"{HERE}:job_pid")
+        assert ei.value.kind == "infra" and "no_such_factory" in ei.value.message
+    finally:
+        p.close()
+    assert _children() == [] or all(pid not in _children() for pid in p.pids)
+
+
+def test_close_leaves_no_orphans(fx):
+    p = WorldPool(fx, backend_spec=f"{HERE}:factory")
+    p.run(4, f"{HERE}:job_pid")
+    p.run(20, f"{HERE}:job_pid")
+    pids = p.pids
+    assert len(pids) == 5
+    p.close()
+    p.close()  # idempotent
+    assert all(_gone(pid) for pid in pids)
+    with pytest.raises(RuntimeError):
+        p.run(2, f"{HERE}:job_pid")
+
+
+def test_zzz_no_children_left_after_module_pool_closes(pool):
+    pool.close()
+    assert _children() == []
