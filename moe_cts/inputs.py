@@ -267,7 +267,7 @@ def mask_batch(params: OpParams, seed: int, ranks) -> np.ndarray | None:
         ctr = np.arange(B, dtype=np.uint64)[None, :, None] * np.uint64(K + 1) + np.arange(K + 1, dtype=np.uint64)[None, None, :]
         bits = _bits(keys, ctr)
         ent = _below(bits[..., :K], 4) != 0
-        dead = _below(bits[..., K], 8) == 0
+        dead = _below(bits[..., K], 4) == 0
         return ent & ~dead[..., None]
     raise ValueError(f"unknown x_active_mask kind {kind!r}")
 
@@ -281,6 +281,14 @@ def scales_tensor(params: OpParams, seed: int) -> np.ndarray:
     s = (np.float32(0.5) + np.float32(0.7) * _unit(b)).astype(np.float32)
     s[:, : min(TAG_COLS, h)] = 1.0
     return s
+
+
+def expert_scales_batch(params: OpParams, seed: int, ranks) -> np.ndarray:
+    """expert_scales of several global ranks: (R, maxBs, K) float32 (rows past bs_of(rank) unspecified)."""
+    K = params.k
+    keys = _rank_keys(seed, "wts", np.asarray(ranks, dtype=np.int64))[:, None]
+    wb = _bits(keys, np.arange(params.bs * K, dtype=np.uint64)[None, :]).reshape(-1, params.bs, K)
+    return (np.float32(0.05) + np.float32(0.9) * _unit(wb)).astype(np.float32)
 
 
 def _aux_rows(params, seed, stream, rank, n) -> np.ndarray:
@@ -301,8 +309,7 @@ def rank_inputs(params: OpParams, seed: int, rank: int, routing: str = "uniform"
     out["scales"] = scales_tensor(params, seed) if params.scales else None
     m = mask_batch(params, seed, [rank])
     out["x_active_mask"] = None if m is None else np.ascontiguousarray(m[0, :bs])
-    wb = _bits(_rank_keys(seed, "wts", [rank])[0], np.arange(params.bs * K, dtype=np.uint64)).reshape(params.bs, K)
-    out["expert_scales"] = np.ascontiguousarray((np.float32(0.05) + np.float32(0.9) * _unit(wb))[:bs])
+    out["expert_scales"] = np.ascontiguousarray(expert_scales_batch(params, seed, [rank])[0, :bs])
     out["shared_expert_x"] = _aux_rows(params, seed, "sx", rank, bs) if params.shared_expert_x else None
     Q = params.const_expert_num
     need_ori = params.copy_expert_num > 0 or Q > 0
