@@ -89,6 +89,12 @@ class Fixture:
     def total_devices(self) -> int:
         return self.devices * len(self.hosts)
 
+    def capacity(self) -> int | None:
+        """The largest world this fixture can run; None = no limit (cpu: big worlds run on loopback)."""
+        if self.device_type == "cpu" and self.launcher == "local":
+            return None
+        return self.total_devices
+
 
 def _show(v: Any) -> str:
     s = repr(v)

@@ -115,3 +115,9 @@ def test_not_a_mapping(tmp_path):
     p.write_text("- a\n- b\n")
     with pytest.raises(FixtureError, match="expected a mapping of fixture keys at top level, got list"):
         load_fixture(p)
+
+
+def test_capacity():
+    assert load_fixture("sim").capacity() is None  # loopback beyond 16
+    assert load_fixture("cuda-2").capacity() == 2
+    assert load_fixture("a2-16").capacity() == 16 and load_fixture("a3-16").capacity() == 16
