@@ -1,15 +1,13 @@
 """Self-tests of the sim transports: loopback threads and torch.distributed (gloo, fork, FileStore)."""
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
-import traceback
 
 import pytest
 import torch
 
-from moe_cts.backends.transport import DistTransport, LoopbackWorld
+from moe_cts.backends.sim_world import run_dist
+from moe_cts.backends.transport import LoopbackWorld
 
 
 def _battery(rank, tr):
@@ -116,50 +114,18 @@ def test_loopback_new_group_order_mismatch_is_an_error():
 
 
 # ------------------------------------------------------------------ gloo, fork-started, FileStore
-def _gloo_worker(rank, n, store_path, fn, q):
-    try:
-        import torch.distributed as dist
-
-        store = dist.FileStore(store_path, n)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=n, timeout=__import__("datetime").timedelta(seconds=20))
-        try:
-            q.put((rank, "ok", fn(rank, DistTransport())))
-        finally:
-            dist.destroy_process_group()
-    except BaseException as exc:  # noqa: BLE001
-        q.put((rank, "err", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-
-
-def run_gloo(n, fn, tmp_path, deadline_s=40.0):
-    """Run ``fn(rank, DistTransport)`` on ``n`` fork-started gloo ranks; per-rank results or raise."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    store = os.path.join(str(tmp_path), f"store-{time.monotonic_ns()}")
-    procs = [ctx.Process(target=_gloo_worker, args=(r, n, store, fn, q), daemon=True) for r in range(n)]
-    for p in procs:
-        p.start()
-    results, errors = [None] * n, []
-    end = time.monotonic() + deadline_s
-    try:
-        for _ in range(n):
-            rank, st, val = q.get(timeout=max(0.1, end - time.monotonic()))
-            if st == "ok":
-                results[rank] = val
-            else:
-                errors.append((rank, val))
-    except Exception as exc:  # queue.Empty: a hang
-        raise TimeoutError(f"gloo world of {n} did not finish within {deadline_s}s") from exc
-    finally:
-        for p in procs:
-            p.join(timeout=max(0.1, end - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-    if errors:
-        raise RuntimeError(f"rank {errors[0][0]} failed: {errors[0][1]}")
-    return results
-
-
 @pytest.mark.parametrize("n", [2, 4])
 def test_gloo_battery(n, tmp_path):
-    _check_battery(run_gloo(n, _battery, tmp_path))
+    _check_battery(run_dist(n, _battery, store_dir=str(tmp_path), deadline_s=40))
+
+
+def test_gloo_rank_error_is_reraised_without_hang(tmp_path):
+    def fn(rank, tr):
+        if rank == 1:
+            raise ValueError("rank one fails")
+        return rank
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="rank one fails") as ei:
+        run_dist(2, fn, store_dir=str(tmp_path), deadline_s=20)
+    assert ei.value.rank == 1 and time.monotonic() - t0 < 20

@@ -382,7 +382,10 @@ class SimBackend:
 
 # =========================================================================== dispatch body
 def _valid_entries(ids: torch.Tensor, mask, M: int, special: int):
-    """(entry_valid (bs,K) bool, token_active (bs,) bool) per kernel-behaviour §1.4."""
+    """(entry_valid (bs,K) bool, token_active (bs,) bool) per kernel-behaviour §1.4, by the mask alone.
+
+    Special-expert ids (>= M) are removed from *sending* by :func:`_sendable`; combine still needs them.
+    """
     bs, K = ids.shape
     dev = ids.device
     if mask is None:
@@ -395,8 +398,6 @@ def _valid_entries(ids: torch.Tensor, mask, M: int, special: int):
     else:
         ent = mask.to(device=dev, dtype=torch.bool).clone()
         tok = ent.any(dim=1)
-    if special > 0:
-        ent &= ids < M
     return ent, tok
 
 

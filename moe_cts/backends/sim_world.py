@@ -50,3 +50,74 @@ def run_loopback(ep_world_size: int, fn: Callable, *args, tp_world_size: int = 0
         return fn(ctx, *a)
 
     return world.run(body, *args)
+
+
+# ------------------------------------------------------------------ torch.distributed (fork + FileStore)
+def _dist_worker(rank, n, store_path, backend, timeout_s, fn, args, q):
+    import datetime
+    import traceback
+
+    try:
+        import torch.distributed as dist
+
+        from moe_cts.backends.transport import DistTransport
+
+        store = dist.FileStore(store_path, n)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=n,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            q.put((rank, "ok", fn(rank, DistTransport(), *args)))
+        finally:
+            dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - shipped to the parent
+        try:
+            q.put((rank, "err", exc))
+        except Exception:  # unpicklable exception
+            q.put((rank, "err", RuntimeError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
+
+
+def run_dist(n: int, fn: Callable, *args, store_dir: str, backend: str = "gloo", deadline_s: float = 60.0,
+             start_method: str = "fork") -> list:
+    """Run ``fn(rank, DistTransport, *args)`` on ``n`` fresh processes (FileStore in ``store_dir``).
+
+    Returns per-rank results. A rank's exception is re-raised (the lowest rank's), with ``.rank`` set;
+    a world that does not finish within ``deadline_s`` is killed and ``TimeoutError`` is raised.
+    """
+    import multiprocessing as mp
+    import os
+    import queue as _queue
+    import time
+
+    ctx = mp.get_context(start_method)
+    q = ctx.Queue()
+    store = os.path.join(store_dir, f"filestore-{os.getpid()}-{time.monotonic_ns()}")
+    procs = [ctx.Process(target=_dist_worker, args=(r, n, store, backend, max(5.0, deadline_s / 2), fn, args, q),
+                         daemon=True) for r in range(n)]
+    for p in procs:
+        p.start()
+    results, errors = [None] * n, {}
+    end = time.monotonic() + deadline_s
+    try:
+        for _ in range(n):
+            try:
+                rank, st, val = q.get(timeout=max(0.1, end - time.monotonic()))
+            except _queue.Empty:
+                dead = [r for r, p in enumerate(procs) if not p.is_alive() and p.exitcode not in (0, None)]
+                raise TimeoutError(f"world of {n} did not finish within {deadline_s}s (crashed ranks: {dead})") from None
+            if st == "ok":
+                results[rank] = val
+            else:
+                errors[rank] = val
+    finally:
+        for p in procs:
+            p.join(timeout=max(0.1, end - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    if errors:
+        r = min(errors)
+        exc = errors[r]
+        exc.rank = r
+        exc.errors = errors
+        raise exc
+    return results
