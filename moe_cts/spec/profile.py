@@ -271,11 +271,9 @@ class _Compiled:
             lo, hi = eval(self.lo, ns), eval(self.hi, ns)
             if v is None:
                 raise TypeError
-            ok = lo <= v <= hi and (self.step == 1 or v % self.step == 0)
-            if ok:
+            if lo <= v <= hi:
                 return None
-            extra = f" (step {self.step})" if self.step != 1 else ""
-            return f"{row.range['param']}={v} not in [{lo}, {hi}]{extra}"
+            return f"{row.range['param']}={v} not in [{lo}, {hi}]"
         if self.values is not None:
             v = eval(self.var, ns)
             if v in self.values:
@@ -401,6 +399,20 @@ class Profile:
                 best = max(best, math.ceil(need / MiB))
         return best
 
+    def _row_need_mb(self, r: Constraint, params: OpParams) -> int:
+        c, best = self._compiled[r.id], 0
+        for g in representative_ranks(params):
+            ns = call_namespace(make_call_desc(params, g))
+            if r.comm_algs is not None and ns["alg"] not in r.comm_algs:
+                continue
+            try:
+                if c.when is not None and not eval(c.when, ns):
+                    continue
+                best = max(best, math.ceil(eval(c.pred, ns) / MiB))
+            except _SKIP:
+                continue
+        return best
+
     # -------------------------------------------------------------------------------------- generators' helpers
     def boundary_values(self, cid: str, params: OpParams | None = None) -> list[tuple[str, Any]]:
         """Legal values at the edges of a range row (min, max, interior) or every value of an enum row.
@@ -433,6 +445,10 @@ class Profile:
                 lo, hi = b[0][1], b[1][1]
                 for v in (hi + step, lo - step):
                     out.append(_param_set(r.range["param"], v))
+        elif r.buffer:
+            need = self._row_need_mb(r, params)
+            if need:
+                out.append({"override": {"env.HCCL_BUFFSIZE": need - 1}})
         elif r.enum:
             vals = list(r.enum["values"])
             param = r.enum["param"]
