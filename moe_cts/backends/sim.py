@@ -191,6 +191,13 @@ def _binding_checks(op: str, x_dim: int, ids_dim: int, ep_world_size, ep_rank_id
         fail(f"expert_token_nums_type should be 0 or 1, got {expert_token_nums_type}")
 
 
+def _combine_binding_checks(op: str, expand_x, expert_ids):
+    if expand_x.dtype not in (torch.bfloat16, torch.float16, torch.int32):
+        raise BindingError("ERR01002", f"{op}: expand_x dtype {expand_x.dtype} not in bf16/fp16/int32")
+    if expert_ids.dtype != torch.int32:
+        raise BindingError("ERR01002", f"{op}: expert_ids dtype {expert_ids.dtype} is not int32")
+
+
 def _fallback_checks(op: str, desc: CallDesc):
     """Minimal op_api-layer checks used only while moe_cts.spec is not importable (161001/161002)."""
     a = desc.attrs
@@ -206,6 +213,69 @@ def _fallback_checks(op: str, desc: CallDesc):
         raise AclnnError(ACLNN_ERR_PARAM_NULLPTR, "x is null", constraint=f"{op}.x.null")
     if op == "dispatch" and x.dtype not in ("bfloat16", "float16"):
         raise AclnnError(ACLNN_ERR_PARAM_INVALID, f"x dtype {x.dtype} not supported", constraint="dispatch.x.dtype")
+
+
+def _combine_checks(op: str, desc: CallDesc):
+    """Combine first-stage checks (kernel-behaviour §6.1 combine op_api, §6.2 combine tiling), in that order."""
+    a, t = desc.attrs, desc.tensors
+
+    def fail(status, cid, msg):
+        raise AclnnError(status, msg, constraint=f"{op}.{cid}")
+
+    required = ["expand_x", "expert_ids", "assist_info_for_combine", "ep_send_counts", "expert_scales"]
+    if op == "combine_add_rms_norm":
+        required += ["residual_x", "gamma"]
+    for n in required:
+        if t.get(n) is None:
+            fail(ACLNN_ERR_PARAM_NULLPTR, f"{n}.null", f"{n} is null")
+    if not a.get("group_ep"):
+        fail(ACLNN_ERR_PARAM_NULLPTR, "groupEp.empty", "group_ep is null or empty")
+    for n in ("group_ep", "group_tp"):
+        if a.get(n) is not None and len(a[n]) >= 128:
+            fail(ACLNN_ERR_PARAM_INVALID, f"{n}.maxlen", f"len({n})={len(a[n])} not < 128")
+    ex, ids = t["expand_x"], t["expert_ids"]
+    bs, H = ids.shape[0], ex.shape[1] if len(ex.shape) == 2 else None
+    Z, C, Q = a.get("zero_expert_num", 0), a.get("copy_expert_num", 0), a.get("const_expert_num", 0)
+    T = 561002
+    if a.get("comm_quant_mode") not in (0, 2):
+        fail(T, "commQuantMode.enum", f"comm_quant_mode={a.get('comm_quant_mode')} not in [0, 2]")
+    if a.get("comm_quant_mode") == 2 and a.get("tp_world_size") == 2 and desc.product == "A3":
+        fail(T, "commQuantMode.tp", "comm_quant_mode 2 needs tp_world_size < 2")
+    if a.get("comm_quant_mode") == 2 and H is not None and H % 8:
+        fail(T, "commQuantMode.h", f"comm_quant_mode 2 needs H % 8 == 0, got {H}")
+    for n in ("activation_scale", "weight_scale", "group_list"):
+        if t.get(n) is not None:
+            fail(T, f"{n}.notnull", f"{n} is not null")
+    sx = t.get("shared_expert_x")
+    if sx is not None:
+        ok = (len(sx.shape) == 2 and tuple(sx.shape) == (bs, H)) or (
+            len(sx.shape) == 3 and sx.shape[0] * sx.shape[1] == bs and sx.shape[2] == H)
+        if not ok:
+            fail(T, "sharedExpertX.shape", f"shared_expert_x shape {sx.shape} is not (Bs,H) / (d0,d1,H) with d0*d1==Bs")
+    ox = t.get("ori_x")
+    if ox is not None and tuple(ox.shape) != (bs, H):
+        fail(T, "oriX.shape", f"ori_x shape {ox.shape} != {(bs, H)}")
+    if C > 0 and ox is None:
+        fail(T, "oriX.required", "ori_x is required when copy_expert_num > 0")
+    if Q > 0:
+        for n in ("ori_x", "const_expert_alpha_1", "const_expert_alpha_2", "const_expert_v"):
+            if t.get(n) is None:
+                fail(T, f"{n}.required", f"{n} is required when const_expert_num > 0")
+        for n in ("const_expert_alpha_1", "const_expert_alpha_2", "const_expert_v"):
+            if t[n].shape[0] != Q:
+                fail(T, f"{n}.dim0", f"{n} dim0 {t[n].shape[0]} != const_expert_num {Q}")
+        if len(t["const_expert_v"].shape) != 2 or t["const_expert_v"].shape[1] != H:
+            fail(T, "const_expert_v.dim1", f"const_expert_v shape {t['const_expert_v'].shape} is not (Q, H)")
+
+
+def _env(ctx) -> dict:
+    """ctx.env as the checker wants it: numeric strings (HCCL_BUFFSIZE="200") become ints."""
+    out = {}
+    for k, v in dict(ctx.env or {}).items():
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        out[k] = v
+    return out
 
 
 # =========================================================================== the backend
@@ -224,18 +294,27 @@ class SimBackend:
 
     # ------------------------------------------------------------------ checks
     def _run_checks(self, op: str, desc: CallDesc):
+        """First-stage checks, before any communication, so every rank fails alike (no hang).
+
+        dispatch: the spec profile's rows (``moe_cts.spec``), or a minimal fallback while it is absent.
+        combine: the profile's ``check_combine`` when it has one, else sim's own rows (kernel-behaviour §6).
+        """
         if not self.check:
             return
         if not self._checker_loaded:
             self._checker = _load_checker(self.profile)
             self._checker_loaded = True
-        if self._checker is None:
-            _fallback_checks(op, desc)
-            return
-        check = getattr(self._checker, "check_combine", None) if op != "dispatch" else None
-        if op != "dispatch" and check is None:
-            check = self._checker.check
-        violations = (check or self._checker.check)(desc)
+        if op == "dispatch":
+            if self._checker is None:
+                _fallback_checks(op, desc)
+                return
+            violations = self._checker.check(desc)
+        else:
+            check = getattr(self._checker, "check_combine", None)
+            if check is None:
+                _combine_checks(op, desc)
+                return
+            violations = check(desc)
         for v in violations:
             if getattr(v, "kind", "checked") == "checked":
                 raise AclnnError(v.status, v.message, constraint=v.constraint)
@@ -275,7 +354,7 @@ class SimBackend:
         for name, (shape, dt) in zip(("expand_x", "dynamic_scales", "assist_info_for_combine", "expert_token_nums",
                                       "ep_recv_counts", "tp_recv_counts", "expand_scales"), meta):
             tensors[name] = TensorDesc(str(dt).replace("torch.", ""), tuple(shape))
-        desc = CallDesc(product=ctx.product, attrs=attrs, tensors=tensors, env=dict(ctx.env or {}))
+        desc = CallDesc(product=ctx.product, attrs=attrs, tensors=tensors, env=_env(ctx))
         self._run_checks("dispatch", desc)
         ep = self._group(ctx, group_ep, "EP")
         tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
@@ -287,7 +366,7 @@ class SimBackend:
     # ------------------------------------------------------------------ combine
     def _combine_desc(self, ctx, op, tensors, attrs):
         return CallDesc(product=ctx.product, attrs={"op": op, **attrs},
-                        tensors={k: _desc(v) for k, v in tensors.items()}, env=dict(ctx.env or {}))
+                        tensors={k: _desc(v) for k, v in tensors.items()}, env=_env(ctx))
 
     def combine(self, ctx, expand_x, expert_ids, assist_info_for_combine, ep_send_counts, expert_scales, group_ep,
                 ep_world_size, ep_rank_id, moe_expert_num, *, tp_send_counts=None, x_active_mask=None,
@@ -298,6 +377,7 @@ class SimBackend:
                 const_expert_num=0):
         _binding_checks("npu_moe_distribute_combine_v2", 2, expert_ids.dim(), ep_world_size, ep_rank_id,
                         shared_expert_num, shared_expert_rank_num)
+        _combine_binding_checks("npu_moe_distribute_combine_v2", expand_x, expert_ids)
         gbs = int(global_bs) or expert_ids.shape[0] * ep_world_size
         attrs = dict(group_ep=group_ep, ep_world_size=ep_world_size, ep_rank_id=ep_rank_id,
                      moe_expert_num=moe_expert_num, group_tp=group_tp, tp_world_size=tp_world_size,
@@ -306,14 +386,13 @@ class SimBackend:
                      global_bs=gbs, comm_quant_mode=comm_quant_mode, comm_alg=comm_alg,
                      zero_expert_num=zero_expert_num, copy_expert_num=copy_expert_num,
                      const_expert_num=const_expert_num, out_dtype=0, group_list_type=0)
-        x_out = torch.empty((expert_ids.shape[0], expand_x.shape[1]), dtype=expand_x.dtype)
         tensors = dict(expand_x=expand_x, expert_ids=expert_ids, assist_info_for_combine=assist_info_for_combine,
                        ep_send_counts=ep_send_counts, expert_scales=expert_scales, tp_send_counts=tp_send_counts,
                        x_active_mask=x_active_mask, activation_scale=None, weight_scale=None, group_list=None,
                        expand_scales=expand_scales, shared_expert_x=shared_expert_x, elastic_info=elastic_info,
                        ori_x=ori_x, const_expert_alpha_1=const_expert_alpha_1,
                        const_expert_alpha_2=const_expert_alpha_2, const_expert_v=const_expert_v,
-                       performance_info=performance_info, x=x_out)
+                       performance_info=performance_info)
         self._run_checks("combine", self._combine_desc(ctx, "combine", tensors, attrs))
         ep = self._group(ctx, group_ep, "EP")
         tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
@@ -338,6 +417,7 @@ class SimBackend:
                              const_expert_num=0):
         _binding_checks("npu_moe_distribute_combine_add_rms_norm", 2, expert_ids.dim(), ep_world_size, ep_rank_id,
                         shared_expert_num, shared_expert_rank_num)
+        _combine_binding_checks("npu_moe_distribute_combine_add_rms_norm", expand_x, expert_ids)
         gbs = int(global_bs) or expert_ids.shape[0] * ep_world_size
         bs, H = expert_ids.shape[0], expand_x.shape[1]
         attrs = dict(group_ep=group_ep, ep_world_size=ep_world_size, ep_rank_id=ep_rank_id,
