@@ -156,10 +156,30 @@ def decode_tag_quant(int8_row: np.ndarray, scale) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- routing
 def _distinct(bits: np.ndarray, n_pool: int) -> np.ndarray:
-    """Per row, K distinct indices in [0, n_pool) (K = bits.shape[-1] <= n_pool), in draw order."""
+    """Per row, K distinct indices in [0, n_pool) (K = bits.shape[-1] <= n_pool), in draw order.
+
+    n_pool >= 4K: independent draws, a repeated value is redrawn from re-hashed bits until none is left.
+    Otherwise: exact sequential selection (draw j in [0, n_pool-j), skip the values already taken).
+    """
     shp = bits.shape
     b = bits.reshape(-1, shp[-1])
     K = shp[-1]
+    if n_pool >= 4 * K:
+        c = _below(b, n_pool)
+        rnd = 0
+        while True:
+            redo = np.zeros(c.shape, dtype=bool)
+            for j in range(1, K):
+                cj = c[:, j]
+                rj = redo[:, j]
+                for i in range(j):
+                    rj |= c[:, i] == cj
+            if not redo.any():
+                return c.reshape(shp)
+            rnd += 1
+            r, j = np.nonzero(redo)
+            with np.errstate(over="ignore"):
+                c[r, j] = _below(_mix(b[r, j] + np.uint64(rnd) * _M1), n_pool)
     out = np.empty(b.shape, dtype=np.int64)
     srt = np.empty((b.shape[0], 0), dtype=np.int64)
     for j in range(K):

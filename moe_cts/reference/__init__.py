@@ -61,10 +61,10 @@ def combine(params: OpParams, inputs: list[dict], expert_out: list[np.ndarray], 
     plans = _plans(g, groups)
     ret = returned_rows(g, groups, plans, expert_out)
     res = [None] * params.world_size
+    bufs: dict = {}
     for t, grp in groups.items():
-        cat, offs = ret[t]
-        moe_pos, sh_pos = positions(g, grp, plans, offs)
+        pos = positions(g, grp, plans)
         for s in range(g.W):
             r = s * g.T + t
-            res[r] = token_outputs(g, grp, s, inputs[r], cat, moe_pos, sh_pos)
+            res[r] = token_outputs(g, grp, s, inputs[r], ret, pos, bufs)
     return res

@@ -28,15 +28,13 @@ def _tp_reduce(own: np.ndarray, peer: np.ndarray, xdt) -> np.ndarray:
 
 
 def returned_rows(g: Geo, groups: dict, plans: dict, expert_out: list) -> dict:
-    """Per EP group t: (concatenated returned rows of every destination, offsets per destination)."""
+    """(t, d) -> the rows destination EP rank d of group t returns (x dtype), after TP reduce / comm quant."""
     xdt = x_dtype(g.p)
     res = {}
     for t in groups:
-        chunks, offs, o = [], [], 0
         for d in range(g.W):
             n = len(plans[(t, d)]["s"])
-            gr = d * g.T + t
-            eo = np.asarray(expert_out[gr])
+            eo = np.asarray(expert_out[d * g.T + t])
             own = eo[:n].astype(xdt, copy=False)
             if g.merge and n:
                 n_peer_own = len(plans[(1 - t, d)]["s"])
@@ -44,31 +42,33 @@ def returned_rows(g: Geo, groups: dict, plans: dict, expert_out: list) -> dict:
                 own = _tp_reduce(own, peer, xdt)
             if g.p.comm_quant_mode == 2 and n:
                 own = comm_quant_roundtrip(own, xdt)
-            chunks.append(own)
-            offs.append(o)
-            o += n
-        cat = np.concatenate(chunks) if chunks else np.zeros((0, g.H), xdt)
-        res[t] = (cat, np.array(offs, np.int64))
+            res[(t, d)] = own
     return res
 
 
-def positions(g: Geo, grp, plans: dict, offs: np.ndarray):
-    """moe_pos[s,b,k] and shared_pos[s,b,j]: index into the group's concatenated returned rows (-1: none)."""
+def positions(g: Geo, grp, plans: dict):
+    """Where each entry's returned row is: (moe_dest, moe_idx)[s,b,k] and (sh_dest, sh_idx)[s,b,j]; -1: none."""
     W, K = g.W, g.K
     B = grp.ids.shape[1]
-    moe = np.full((W, B, K), -1, np.int64)
-    sh = np.full((W, B, max(g.SE, 1)), -1, np.int64)
+    SE = max(g.SE, 1)
+    md = np.full((W, B, K), -1, np.int64)
+    mi = np.full((W, B, K), -1, np.int64)
+    sd = np.full((W, B, SE), -1, np.int64)
+    si = np.full((W, B, SE), -1, np.int64)
     for d in range(W):
         pl = plans[(grp.t, d)]
         n = len(pl["s"])
         if not n:
             continue
-        idx = offs[d] + np.arange(n)
+        idx = np.arange(n)
         if g.is_shared(d):
-            sh[pl["s"], pl["b"], d // g.rpse] = idx
+            j = d // g.rpse
+            sd[pl["s"], pl["b"], j] = d
+            si[pl["s"], pl["b"], j] = idx
         else:
-            moe[pl["s"], pl["b"], pl["k"]] = idx
-    return moe, sh
+            md[pl["s"], pl["b"], pl["k"]] = d
+            mi[pl["s"], pl["b"], pl["k"]] = idx
+    return md, mi, sd, si
 
 
 def _const_term(p, inp, c_idx: np.ndarray, xf: np.ndarray) -> np.ndarray:
@@ -94,52 +94,67 @@ def _const_term(p, inp, c_idx: np.ndarray, xf: np.ndarray) -> np.ndarray:
     return ((w1 * xf).astype(F32) + (w2 * v).astype(F32)).astype(F32)
 
 
-def token_outputs(g: Geo, grp, s: int, inp: dict, ret: np.ndarray, moe_pos, sh_pos) -> dict:
+def token_outputs(g: Geo, grp, s: int, inp: dict, ret: dict, pos, bufs: dict) -> dict:
     """Combine result of the token owner = EP rank s of group grp."""
     p = g.p
     xdt = x_dtype(p)
     M, Z, C = g.M, p.zero_expert_num, p.copy_expert_num
+    md, mi, sd, si = pos
+    t = grp.t
     bs = int(grp.bs[s])
-    H = g.H
+    H, K = g.H, g.K
     act = grp.act[s, :bs]
-    ent = grp.ent[s, :bs]
     ids = grp.ids[s, :bs]
-    # entries that count in combine: the dispatch-valid ones plus special ids under the mask
     if p.x_active_mask == "2d":
-        m = np.asarray(inp["x_active_mask"], bool)[:bs]
+        m = np.asarray(inp["x_active_mask"], bool)[:bs] & act[:, None]
     else:
         m = np.broadcast_to(act[:, None], ids.shape)
     w = np.asarray(inp["expert_scales"], F32)[:bs]
-    acc = np.zeros((bs, H), F32)
-    orif = np.asarray(inp["ori_x"]).astype(F32) if inp.get("ori_x") is not None else None
-    for k in range(g.K):
-        e = ids[:, k]
-        wk = w[:, k][:, None]
-        if g.nsp == 0:
-            sel = np.nonzero(m[:, k] & act)[0]
-            term = ret[moe_pos[s, sel, k]].astype(F32) if len(sel) else np.zeros((0, H), F32)
-        else:
-            sel_moe = m[:, k] & act & (e < M)
-            sel_copy = m[:, k] & act & (e >= M + Z) & (e < M + Z + C)
-            sel_const = m[:, k] & act & (e >= M + Z + C) & (e < M + g.nsp)
-            sel = np.nonzero(sel_moe | sel_copy | sel_const)[0]
-            term = np.zeros((len(sel), H), F32)
-            im = sel_moe[sel]
-            term[im] = ret[moe_pos[s, sel[im], k]].astype(F32)
-            ic = sel_copy[sel]
-            if ic.any():
-                term[ic] = orif[sel[ic]]
-            iq = sel_const[sel]
-            if iq.any():
-                term[iq] = _const_term(p, inp, e[sel[iq]] - (M + Z + C), orif[sel[iq]])
-        if len(sel):
-            acc[sel] = (acc[sel] + (term * wk[sel]).astype(F32)).astype(F32)
+    # term3[b,k] = fp32 of the k-th term of token b (only where contrib[b,k])
+    key = (bs, K, H)
+    if bufs.get("key") != key:
+        bufs.clear()
+        bufs.update(key=key, term3=np.empty((bs, K, H), F32), acc=np.empty((bs, H), F32), tmp=np.empty((bs, H), F32))
+    term3, acc, tmp = bufs["term3"], bufs["acc"], bufs["tmp"]
+    mdest = md[s, :bs]
+    if g.nsp == 0:
+        contrib = m
+        moe = m
+    else:
+        moe = m & (ids < M)
+        copy = m & (ids >= M + Z) & (ids < M + Z + C)
+        const = m & (ids >= M + Z + C) & (ids < M + g.nsp)
+        contrib = moe | copy | const
+        if copy.any() or const.any():
+            orif = np.asarray(inp["ori_x"]).astype(F32)
+            bb, kk = np.nonzero(copy)
+            term3[bb, kk] = orif[bb]
+            bb, kk = np.nonzero(const)
+            if len(bb):
+                term3[bb, kk] = _const_term(p, inp, ids[bb, kk] - (M + Z + C), orif[bb])
+    dests = np.unique(mdest[moe])
+    for d in dests:
+        bb, kk = np.nonzero(moe & (mdest == d))
+        term3[bb, kk] = ret[(t, int(d))][mi[s, bb, kk]]
+    acc[...] = 0
+    for k in range(K):
+        wk = w[:, k : k + 1]
+        np.multiply(term3[:, k, :], wk, out=tmp)  # Muls: one fp32 rounding
+        c = contrib[:, k]
+        if c.all():
+            np.add(acc, tmp, out=acc)  # Add: a second rounding (not an FMA)
+        elif c.any():
+            np.add(acc, tmp, out=acc, where=c[:, None])
     a_idx = np.nonzero(act)[0]
     for j in range(g.SE):
-        acc[a_idx] = (acc[a_idx] + ret[sh_pos[s, a_idx, j]].astype(F32)).astype(F32)
+        dj = sd[s, a_idx, j]
+        for d in np.unique(dj):
+            sel = a_idx[dj == d]
+            tmp[sel] = ret[(t, int(d))][si[s, sel, j]]
+        np.add(acc, tmp, out=acc, where=act[:, None])
     if inp.get("shared_expert_x") is not None:
-        sx = np.asarray(inp["shared_expert_x"]).reshape(bs, H).astype(F32)
-        acc[a_idx] = (acc[a_idx] + sx[a_idx]).astype(F32)
+        tmp[...] = np.asarray(inp["shared_expert_x"]).reshape(bs, H)
+        np.add(acc, tmp, out=acc, where=act[:, None])
     out = {"active": act.copy()}
     if p.combine_kind == "add_rms_norm":
         tt = (acc + np.asarray(inp["residual_x"]).reshape(bs, H).astype(F32)).astype(F32)

@@ -98,8 +98,8 @@ class Group:
                 sm = np.stack([sc[s][r] for s, r in zip(pl["s"], pl["srow"])]) if len(pl["s"]) else np.zeros((0, self.g.H), F32)
             else:
                 sm = sc[pl["srow"]]
-            xf = (xf * sm).astype(F32)  # fp32 elementwise multiply, RNE
-        return dynamic_quant(xf)
+            np.multiply(xf, sm, out=xf)  # fp32 elementwise multiply, RNE
+        return dynamic_quant(xf, inplace=True)
 
     def a2_slots(self, s: int) -> np.ndarray:
         """A2 assist_info of sender s: slot of each (b,k) among its earlier valid entries to the same expert."""

@@ -6,21 +6,28 @@ import numpy as np
 F32 = np.float32
 
 
-def dynamic_quant(xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dynamic_quant(xf: np.ndarray, *, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dispatch dynamic per-token quant (quantMode 2) of fp32 rows ``xf`` (already smooth-scaled).
 
     amax = max|x|; ds = 127f/amax (fp32 division); y = x*ds (fp32); q = RNE(y), clamped before the
     int8 cast; scale out = 1f/ds (not amax/127). An all-zero row gives ds=inf, y=NaN: its int8 output is
-    not documented; we return q=0 and scale 0 (1/inf).
+    not documented; we return q=0 and scale 0 (1/inf). ``inplace`` lets xf be overwritten.
     """
     xf = np.asarray(xf, dtype=F32)
-    amax = np.max(np.abs(xf), axis=-1) if xf.shape[-1] else np.zeros(xf.shape[:-1], F32)
+    if not inplace:
+        xf = xf.copy()
+    if xf.shape[-1] == 0 or xf.size == 0:
+        return np.zeros(xf.shape, np.int8), np.zeros(xf.shape[:-1], F32)
+    amax = np.maximum(np.max(xf, axis=-1), -np.min(xf, axis=-1)).astype(F32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ds = (F32(127.0) / amax).astype(F32)
-        y = xf * ds[..., None]
-        q = np.rint(y)
-        q = np.where(np.isnan(q), F32(0), q)
-        q = np.clip(q, -128, 127).astype(np.int8)
+        np.multiply(xf, ds[..., None], out=xf)
+        np.rint(xf, out=xf)
+        bad = ~np.isfinite(ds) | ~np.isfinite(amax)
+        if bad.any():
+            xf[bad] = np.where(np.isnan(xf[bad]), F32(0), xf[bad])
+        np.clip(xf, -128, 127, out=xf)
+        q = xf.astype(np.int8)
         scale = (F32(1.0) / ds).astype(F32)
     return q, scale
 
