@@ -43,7 +43,7 @@ def _desc(t) -> TensorDesc | None:
 
 def _pack(cols: list[torch.Tensor], n: int, device) -> torch.Tensor:
     """Concatenate per-row columns of mixed dtypes into one (n, bytes) uint8 payload."""
-    parts = [c.reshape(n, -1).contiguous().view(torch.uint8) for c in cols]
+    parts = [(c[:, None] if c.dim() == 1 else c.flatten(1)).contiguous().view(torch.uint8) for c in cols]
     if not parts:
         return torch.empty((n, 0), dtype=torch.uint8, device=device)
     return torch.cat(parts, dim=1)
