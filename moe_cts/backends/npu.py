@@ -77,8 +77,12 @@ _POSITIONAL = {
 }
 
 # --------------------------------------------------------------------------- error parsing
-_STATUS_RE = re.compile(r"error code is (\d+)")
-_API_RE = re.compile(r"call (aclnn\w+) failed")
+# An aclnn status is what NPU_CHECK_ERROR(status, "call aclnnX failed") prints (op_plugin op_api_common.h):
+#   "<op>:<file>:<line> NPU function error: call aclnnMoeDistributeDispatchV4 failed, error code is 561002"
+# HCCL / ACL runtime failures print "HCCL function error: ..., error code is 7" etc.: those are NOT aclnn
+# statuses (a communicator or device fault: the runner records them as broken), so they are not matched.
+_ACLNN_RE = re.compile(r"call (aclnn\w+) failed, error code is (\d+)")
+_NPU_STATUS_RE = re.compile(r"NPU function error:[^\n]*?error code is (\d+)")
 _ERR_RE = re.compile(r"\bERR(\d{2})(\d{3})\b")
 # What torch's dispatcher says when the arguments do not fit the schema (same text for the real
 # binding: torch_npu.npu_moe_... IS torch.ops.npu.npu_moe_...).
@@ -90,12 +94,28 @@ _SCHEMA_PATTERNS = (
     re.compile(r"got multiple values for argument '[^']*'"),
     re.compile(r"No overload|not a valid overload|no overload", re.I),
 )
+# Binding-level rejections whose text may reach us without its ERR01xxx suffix (meta functions run with
+# stubbed error helpers, older builds): the phrases of torch-npu-api.md §1a/§1b and kernel-behaviour.md §7.
+_BINDING_PHRASES = (
+    re.compile(r"should be in \[0, ep_world_size\)"),
+    re.compile(r"is not supported in this CANN version"),
+    re.compile(r"The aclnn\w+ is not supported"),
+    re.compile(r"do not support internal format"),
+    re.compile(r"do not support time_out and elastic_info"),
+    re.compile(r"expert_token_nums_type should be"),
+)
 _MESSAGE_LINES = 8  # how many lines of the torch_npu text an AclnnError keeps
 
 
 def parse_aclnn_status(text: str) -> int | None:
-    """The aclnn status in a torch_npu error text (``... error code is 561002 ...``), or None."""
-    m = _STATUS_RE.search(text)
+    """The aclnn status in a torch_npu error text (``... call aclnnX failed, error code is 561002``), or None.
+
+    Only NPU function errors carry an aclnn status; an ``HCCL function error: ..., error code is N`` does not.
+    """
+    m = _ACLNN_RE.search(text)
+    if m:
+        return int(m.group(2))
+    m = _NPU_STATUS_RE.search(text)
     return int(m.group(1)) if m else None
 
 
@@ -107,9 +127,11 @@ def _head(text: str, n: int = _MESSAGE_LINES) -> str:
 def classify_npu_error(exc: BaseException) -> BaseException:
     """Map an exception raised by a torch_npu op call to the suite's vocabulary.
 
-    Returns an :class:`AclnnError` (aclnn status present), a :class:`BindingError` (binding check
-    ``ERR01xxx`` without status, or a schema rejection by torch's dispatcher), or ``exc`` itself when it is
-    neither (an HCCL/runtime failure: the runner records it as broken).
+    Returns an :class:`AclnnError` (aclnn status present; ``.api`` = the aclnn kernel named in the text, e.g.
+    ``aclnnMoeDistributeDispatchV4``; ``.asynchronous`` = reported from the task queue's worker, i.e. at a
+    later call than the one that caused it), a :class:`BindingError` (binding check ``ERR01xxx`` without
+    status -> that code; a known binding phrase without code -> "binding"; a schema rejection by torch's
+    dispatcher -> "schema"), or ``exc`` itself when it is none of these (HCCL/ACL runtime failure: broken).
     """
     if isinstance(exc, (AclnnError, BindingError)):
         return exc
@@ -119,15 +141,20 @@ def classify_npu_error(exc: BaseException) -> BaseException:
     status = parse_aclnn_status(text)
     if status is not None:
         err = AclnnError(status, _head(text))
-        m = _API_RE.search(text)
-        err.api = m.group(1) if m else None  # e.g. aclnnMoeDistributeDispatchV4: the kernel version called
+        m = _ACLNN_RE.search(text)
+        err.api = m.group(1) if m else None
+        err.asynchronous = text.lstrip().startswith("operator()") or "operator():" in text.split("NPU function", 1)[0]
         return err
     for pat in _SCHEMA_PATTERNS:
         if pat.search(text):
             return BindingError("schema", _head(text, 3))
+    if "HCCL function error" in text or "ACL function error" in text:
+        return exc
     for m in _ERR_RE.finditer(text):
         if m.group(1) == "01":  # OPS submodule: the op binding's own parameter checks
             return BindingError(f"ERR{m.group(1)}{m.group(2)}", _head(text))
+    if not _ERR_RE.search(text) and any(p.search(text) for p in _BINDING_PHRASES):
+        return BindingError("binding", _head(text))
     if isinstance(exc, TypeError):  # pybind argument conversion failures
         return BindingError("schema", _head(text, 3))
     return exc
@@ -148,6 +175,10 @@ def _torch_npu():
     for k, v in NpuBackend.required_env().items():
         os.environ.setdefault(k, v)
     return importlib.import_module("torch_npu")
+
+
+def _npu_device():
+    return torch.device("npu")  # parses only once torch_npu has renamed the privateuse1 backend
 
 
 def _is_standin(mod) -> bool:
@@ -254,7 +285,7 @@ class NpuBackend:
             return comm
         self._apply_env(ctx)  # the communicator is created (lazily) by get_hccl_comm_name below
         _torch_npu()
-        backend = pg._get_backend(torch.device("npu"))
+        backend = pg._get_backend(_npu_device())
         comm = backend.get_hccl_comm_name(ctx.rank)  # the GLOBAL rank, as torch_npu's doc requires
         self._names[key] = (comm, os.environ.get("HCCL_BUFFSIZE"))
         return comm

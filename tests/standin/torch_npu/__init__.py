@@ -12,8 +12,8 @@ Behind the schema, each call
 2. makes the binding's own checks (RuntimeError ``... ERR01001 OPS invalid parameter``),
 3. checks input dtypes against the GE IR contract (aclnn 161002),
 4. maps the HCCL communicator names it receives back to this rank's groups,
-5. answers from the sim backend (``moe_cts.backends.sim.SimBackend``; a shape-only fake when
-   ``MOE_CTS_STANDIN_FAKE=1``), turning its AclnnError into torch_npu's error text
+5. answers from the sim backend (``moe_cts.backends.sim.SimBackend``, options by
+   ``_standin_configure(check=...)``; a shape-only fake when ``MOE_CTS_STANDIN_FAKE=1``), turning its AclnnError into torch_npu's error text
    (``call aclnnMoeDistributeDispatchV4 failed, error code is N``), and
 6. returns outputs allocated as the real meta functions allocate them (``_meta.py``), with sim's values
    copied in; a shape sim disagrees on is logged in ``_standin_log`` (never silently hidden).
@@ -220,17 +220,27 @@ def _bind(op: str, args, kwargs) -> dict:
     return out
 
 
+_SIM_OPTIONS: dict = {}  # keyword options for SimBackend (e.g. check=False), set by _standin_configure
+
+
+def _standin_configure(**sim_options) -> None:
+    """Options for the SimBackend that answers the calls (applies to calls made after this)."""
+    _SIM_OPTIONS.clear()
+    _SIM_OPTIONS.update(sim_options)
+
+
 def _sim_backend():
     if os.environ.get("MOE_CTS_STANDIN_FAKE") == "1":
         return None
-    be = getattr(_tls, "sim", None)
-    if be is None:
+    key = tuple(sorted(_SIM_OPTIONS.items()))
+    cached = getattr(_tls, "sim", None)
+    if cached is None or cached[0] != key:
         try:
             from moe_cts.backends.sim import SimBackend
         except ImportError:
             return None
-        be = _tls.sim = SimBackend()
-    return be
+        cached = _tls.sim = (key, SimBackend(**_SIM_OPTIONS))
+    return cached[1]
 
 
 def _sim_ctx(ctx, a: dict):
