@@ -334,8 +334,8 @@ def _legal(product: str, profile: str) -> list[Case]:
         except (KeyError, AttributeError, NotImplementedError):
             values = []
         for name, value in values:
-            if not hasattr(base, name):
-                continue
+            if not hasattr(base, name) or value is None:
+                continue  # None for a str keyword is not expressible through torch_npu
             p = _repair(base.replace(**{name: value}))
             if getattr(p, name) != value or checked_violations(p, profile=profile):
                 continue
@@ -374,10 +374,9 @@ def _illegal(product: str, profile: str) -> list[Case]:
                 continue
             p, overrides = broken
             overrides = dict(overrides or {})
-            outs = [k for k in overrides if k.split(".")[:2][-1] in DISPATCH_OUTPUTS and k.startswith("tensors.")]
-            if outs:
-                # torch_npu allocates every output itself: no caller can pass a null or mistyped one
-                UNREACHABLE[row.id] = f"needs an output-tensor override ({outs[0]}): not expressible through torch_npu"
+            why = _unreachable_through_torch_npu(overrides)
+            if why:
+                UNREACHABLE[row.id] = why
                 continue
             env = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("env.")}
             fired = {v.constraint for v in checked_violations(p, overrides, profile)}
@@ -391,6 +390,19 @@ def _illegal(product: str, profile: str) -> list[Case]:
                             env=tuple(sorted((k, str(v)) for k, v in env.items())), profile=profile))
             break
     return out
+
+
+def _unreachable_through_torch_npu(overrides: dict) -> str | None:
+    """Why a CallDesc override cannot be expressed as a torch_npu call (None when it can)."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] == "tensors" and parts[1] in DISPATCH_OUTPUTS:
+            return f"needs {key}: torch_npu allocates every output itself (reachable only through raw aclnn)"
+        if parts[0] == "tensors" and len(parts) == 2 and value is None and parts[1] in ("x", "expert_ids"):
+            return f"needs a null {parts[1]}: a required Tensor in the torch_npu schema (reachable only through raw aclnn)"
+        if parts[0] == "attrs" and value is None and parts[1] in ("group_ep", "group_tp", "comm_alg"):
+            return f"needs a null {parts[1]}: a str in the torch_npu schema (reachable only through raw aclnn)"
+    return None
 
 
 @lru_cache(maxsize=8)
@@ -414,6 +426,10 @@ def select(cases: Iterable[Case], tier: str | None = None, product: str | None =
             and (kind is None or c.kind == kind)]
 
 
+def _has_param_bounds(prof, cid: str) -> bool:
+    return any(hasattr(BASES["A3"], name) and value is not None for name, value in prof.boundary_values(cid))
+
+
 def coverage(cases: Iterable[Case], profile: str = "v4-doc") -> list[tuple[str, int, int, str]]:
     """Per checked constraint: (id, legal cases exercising it, illegal cases breaking it, note).
 
@@ -433,7 +449,10 @@ def coverage(cases: Iterable[Case], profile: str = "v4-doc") -> list[tuple[str, 
             has_bounds = bool(prof.boundary_values(row.id))
         except (KeyError, AttributeError, NotImplementedError):
             has_bounds = False
-        legal = boundary if has_bounds else sum(1 for c in cases if c.legal and c.product in row.products)
+        # rows whose bounds are not OpParams values (dtypes, shapes) are exercised by every legal case
+        # of their products, which all pass through the check
+        legal = boundary or sum(1 for c in cases if c.legal and c.product in row.products
+                                and (not has_bounds or not _has_param_bounds(prof, row.id)))
         note = UNREACHABLE.get(row.id, "") if illegal == 0 else ""
         out.append((row.id, legal, illegal, note))
     return out

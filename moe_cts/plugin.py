@@ -50,6 +50,12 @@ class _State:
         except FixtureError as exc:
             raise pytest.UsageError(str(exc)) from None
         self.backend_spec = config.getoption("--backend") or self.fixture.backend
+        from moe_cts.backends.base import BackendLoadError, load_backend
+
+        try:  # fail fast in the parent with one line, not once per rank
+            load_backend(self.backend_spec, **dict(self.fixture.backend_options))
+        except BackendLoadError as exc:
+            raise pytest.UsageError(str(exc)) from None
         self.profile = self.fixture.spec_profile
         self._pool = None
         self.runs: dict[tuple, object] = {}
@@ -66,13 +72,8 @@ class _State:
     @property
     def pool(self):
         if self._pool is None:
-            from moe_cts.backends.base import BackendLoadError, load_backend
             from moe_cts.world import WorldPool
 
-            try:  # fail fast in the parent with one line, not once per rank
-                load_backend(self.backend_spec, **dict(self.fixture.backend_options))
-            except BackendLoadError as exc:
-                raise pytest.UsageError(str(exc)) from None
             self._pool = WorldPool(self.fixture, backend_spec=self.backend_spec)
         return self._pool
 
@@ -94,6 +95,8 @@ def state(config) -> _State:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "waived: a known kernel/doc difference (see moe_cts/spec waivers)")
+    if config.getoption("--fixture") or config.getoption("--backend"):
+        state(config)  # a wrong option is one line now, not a collection traceback later
 
 
 def pytest_unconfigure(config):
