@@ -125,9 +125,16 @@ def _cfg(product, x_shape, k, ep_world_size, ep_rank_id, moe_expert_num, tp_worl
                 int(zero), int(copy), int(const), bs, int(k), H, gbs, A)
 
 
+# torch_npu y_dtype enum -> (dtype, H halved); fp4 packs two values per uint8
+_Y_DTYPES = {1: (torch.int8, False), 5: (torch.float16, False), 15: (torch.bfloat16, False),
+             23: (torch.float8_e5m2, False), 291: (torch.float8_e5m2, False),
+             24: (torch.float8_e4m3fn, False), 292: (torch.float8_e4m3fn, False),
+             290: (torch.uint8, False), 296: (torch.uint8, True), 297: (torch.uint8, True)}
+
+
 def dispatch_meta(x_shape, x_dtype, k, ep_world_size, ep_rank_id, moe_expert_num, *, scales_shape=None,
                   expert_scales=False, tp_world_size=0, expert_shard_type=0, shared_expert_num=1,
-                  shared_expert_rank_num=0, quant_mode=0, global_bs=0):
+                  shared_expert_rank_num=0, quant_mode=0, global_bs=0, y_dtype=None):
     """Output (shape, dtype) list exactly as torch_npu's meta function allocates them (torch-npu-api §1b)."""
     bs, h = int(x_shape[0]), int(x_shape[1])
     W, srn, sen = int(ep_world_size), int(shared_expert_rank_num), int(shared_expert_num)
@@ -141,6 +148,10 @@ def dispatch_meta(x_shape, x_dtype, k, ep_world_size, ep_rank_id, moe_expert_num
             a = gbs * min(local, int(k))
     tp = int(tp_world_size)
     ex_dt = x_dtype if quant_mode == 0 else torch.int8
+    if y_dtype is not None and int(y_dtype) in _Y_DTYPES:  # torch_npu's enum map overrides
+        ex_dt, halve = _Y_DTYPES[int(y_dtype)]
+        if halve:
+            h //= 2
     if tp <= 1:
         if quant_mode == 0 and scales_shape is not None:
             ds_shape = (a, int(scales_shape[1]))
@@ -176,7 +187,7 @@ def _binding_checks(op: str, x_dim: int, ids_dim: int, ep_world_size, ep_rank_id
                     shared_expert_rank_num, expert_token_nums_type=None):
     """What the torch_npu binding / meta function rejects before any aclnn status exists."""
     def fail(msg):
-        raise BindingError("ERR01002", f"{op}: {msg}")
+        raise BindingError("ERR01001", f"{op}: {msg}")
     if x_dim != 2 or ids_dim != 2:
         fail(f"x and expert_ids must be 2D, got {x_dim}D and {ids_dim}D")
     if not 0 <= ep_rank_id < ep_world_size:
@@ -193,9 +204,9 @@ def _binding_checks(op: str, x_dim: int, ids_dim: int, ep_world_size, ep_rank_id
 
 def _combine_binding_checks(op: str, expand_x, expert_ids):
     if expand_x.dtype not in (torch.bfloat16, torch.float16, torch.int32):
-        raise BindingError("ERR01002", f"{op}: expand_x dtype {expand_x.dtype} not in bf16/fp16/int32")
+        raise BindingError("ERR01001", f"{op}: expand_x dtype {expand_x.dtype} not in bf16/fp16/int32")
     if expert_ids.dtype != torch.int32:
-        raise BindingError("ERR01002", f"{op}: expert_ids dtype {expert_ids.dtype} is not int32")
+        raise BindingError("ERR01001", f"{op}: expert_ids dtype {expert_ids.dtype} is not int32")
 
 
 def _fallback_checks(op: str, desc: CallDesc):
@@ -339,7 +350,7 @@ class SimBackend:
                              expert_scales=expert_scales is not None, tp_world_size=tp_world_size,
                              expert_shard_type=expert_shard_type, shared_expert_num=shared_expert_num,
                              shared_expert_rank_num=shared_expert_rank_num, quant_mode=quant_mode,
-                             global_bs=global_bs)
+                             global_bs=global_bs, y_dtype=y_dtype)
         gbs = int(global_bs) or x.shape[0] * ep_world_size  # torch_npu passes bs*W for 0
         attrs = dict(group_ep=group_ep, ep_world_size=ep_world_size, ep_rank_id=ep_rank_id,
                      moe_expert_num=moe_expert_num, group_tp=group_tp, tp_world_size=tp_world_size,
