@@ -72,6 +72,16 @@ def _exchange_counts(tr, group, counts: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Write ``src`` rows into the front of ``dst``, as far as it reaches. Where torch_npu allocates less than
+    the kernel writes (inconsistent attributes), the real op writes out of bounds; sim truncates."""
+    if tuple(src.shape[1:]) != tuple(dst.shape[1:]):
+        raise AclnnError(561002, f"sim: output of shape {tuple(dst.shape)} cannot hold rows of {tuple(src.shape)}")
+    n = min(dst.shape[0], src.shape[0])
+    if n:
+        dst[:n] = src[:n].to(dst.dtype)
+
+
 def _excl_cumsum(v: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(v, 0) - v
 
@@ -616,7 +626,7 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
     outs = [torch.zeros(shape, dtype=dt, device=dev) for shape, dt in meta]
     expand_x, dyn_o, assist, etn, epc, tpc, exs = outs
     n_all = r_data.shape[0]
-    expand_x[:n_all] = r_data
+    _put(expand_x, r_data)
     if quant_mode == 2:
         m = min(n_all, dyn_o.numel())
         dyn_o.view(-1)[:m] = r_dyn.reshape(-1)[:m]
@@ -628,14 +638,14 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
             e_sorted = e_m[srt]
             first = torch.searchsorted(e_sorted, e_sorted, right=False)
             slot[flat[srt]] = torch.arange(e_sorted.numel(), device=dev) - first
-        assist[: bs * K] = slot.to(torch.int32)
+        _put(assist, slot.to(torch.int32))
     else:
-        assist[: 3 * own_total] = r_tri.reshape(-1)
+        _put(assist, r_tri.reshape(-1))
     tn = tok_nums if expert_token_nums_type == 1 else torch.cumsum(tok_nums, 0)
-    etn[: tn.numel()] = tn
-    epc[: ep_cum.numel()] = ep_cum.to(torch.int32)
+    _put(etn, tn)
+    _put(epc, ep_cum.to(torch.int32))
     if cfg.tp == 2 and tpc.numel() >= 2:
-        tpc[:2] = torch.tensor(tp_counts, dtype=torch.int32, device=dev)
+        _put(tpc, torch.tensor(tp_counts, dtype=torch.int32, device=dev))
     if expert_scales is not None and (ctx.product == "A2"):
         m = min(exs.numel(), n_all)
         exs[:m] = r_esc.reshape(-1)[:m]
