@@ -108,8 +108,8 @@ DOC_CASES = [
     (OpParams(product="A3", ep_world_size=8, bs=8, h=1024, k=2, moe_expert_num=8, x_active_mask="2d"), None, None),
     (OpParams(product="A2", ep_world_size=16, bs=8, h=1024, k=2, moe_expert_num=32, x_active_mask="2d"), None,
      "A2.xActiveMask.ndim"),
-    (OpParams(product="A3", ep_world_size=8, bs=8, h=1024, k=2, moe_expert_num=8, expert_scales=True), None,
-     "A3.expertScales.null"),
+    # the doc's own A3 example passes expertScales although the A3 note says "pass null": precondition only
+    (DOC_EXAMPLE.replace(expert_scales=True), None, None),
     # tp_world_size=2 makes torch-style callers pass group_tp="tp", which A2 rejects first
     (OpParams(product="A2", ep_world_size=16, bs=8, h=1024, k=2, moe_expert_num=32, tp_world_size=2), None,
      "A2.groupTp.empty"),
@@ -231,6 +231,8 @@ def test_unbreakable_rows_still_fire_first():
 
 
 def test_precondition_is_never_a_checked_violation():
+    vs = PROF.check_params(DOC_EXAMPLE.replace(expert_scales=True))
+    assert [(v.constraint, v.kind, v.status) for v in vs] == [("A3.expertScales.null", "precondition", None)]
     p = DOC_EXAMPLE.replace(global_bs=128)  # a multiple of W above Bs*W: rank-legal, world-illegal
     vs = PROF.check_params(p)
     assert [(v.constraint, v.kind, v.status) for v in vs] == [("any.globalBs.exact", "precondition", None)]
