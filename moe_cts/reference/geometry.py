@@ -39,7 +39,9 @@ class Geo:
         gbs = self.global_bs_real(d)
         if self.is_shared(d):
             if self.variant == "doc":  # doc: A = Bs * epWorldSize * sharedExpertNum / sharedExpertRankNum
-                return gbs * self.SE // self.S
+                # ... which cannot hold what rank d receives when rpse does not divide W: grow it to fit
+                nsrc = len(range(d % self.rpse, self.W, self.rpse))
+                return max(gbs * self.SE // self.S, (gbs // self.W) * nsrc)
             return (gbs // self.W) * (-(-self.W // self.rpse))  # tiling/torch_npu: maxBs * ceil(W / rpse)
         return gbs * min(self.L, self.K)
 
