@@ -248,3 +248,14 @@ def test_waivers_are_data_and_name_real_rows():
     names = {w.constraint for w in ws}
     for cid in ("A2.tpWorldSize.zero", "A2.sharedExpertRankNum.zero", "A2.epWorldSize.enum.fullmesh", "A3.hcclBuffsize.fullmesh_v1"):
         assert cid in names
+
+
+def test_doc_page_lists_waivers_and_decisions():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "spec.md").read_text(encoding="utf-8")
+    for w in load_waivers("v4-doc"):
+        assert f"`{w.id}`" in page, w.id
+    for r in PROF.rows:
+        if r.decision:
+            assert f"**{r.id}**" in page, r.id
