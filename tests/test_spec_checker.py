@@ -340,3 +340,9 @@ def test_checker_is_fast():
     for _ in range(500):
         PROF.check_params(p)
     assert (time.perf_counter() - t) / 500 < 0.005
+
+
+def test_first_error_is_what_the_kernel_returns():
+    c = PROF.call_desc(DOC_EXAMPLE.replace(h=8193), 3, overrides={"tensors.x.dtype": "float32"})
+    assert PROF.first_error(c).constraint == "any.x.dtype" and PROF.first_error(c).status == 161002
+    assert PROF.first_error(PROF.call_desc(DOC_EXAMPLE.replace(global_bs=128), 0)) is None

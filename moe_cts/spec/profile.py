@@ -339,6 +339,13 @@ class Profile:
                 out.append(self._violation(c, m))
         return out
 
+    def first_error(self, call: CallDesc) -> Violation | None:
+        """The violation the kernel reports for this call: the first violated checked row (None if none)."""
+        for v in self.check(call):
+            if v.kind == "checked":
+                return v
+        return None
+
     def check_world(self, params: OpParams, *, env: Mapping | None = None) -> list[Violation]:
         """World-scope rows (evaluated over OpParams, not visible to one rank's kernel)."""
         rows = self._world_rows[params.product]
