@@ -45,6 +45,9 @@ class Case:
     profile: str = "v4-doc"
     # cross-rank consistency cases: per-rank parameter changes {rank: {param: value}}
     rank_overrides: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
+    # torch_npu's own Python-side check that rejects this call before aclnn runs (ERR01001), if any:
+    # through torch_npu the aclnn status cannot be observed, the binding rejection is the expectation
+    expect_binding: str | None = None
 
     @property
     def product(self) -> str:
@@ -71,6 +74,7 @@ class Case:
             "overrides": [list(o) for o in self.overrides], "env": [list(e) for e in self.env],
             "profile": self.profile,
             "rank_overrides": [[r, [list(kv) for kv in ch]] for r, ch in self.rank_overrides],
+            "expect_binding": self.expect_binding,
         }
 
     @classmethod
@@ -82,6 +86,7 @@ class Case:
             overrides=tuple((k, v) for k, v in d.get("overrides", [])),
             env=tuple((k, v) for k, v in d.get("env", [])), profile=d.get("profile", "v4-doc"),
             rank_overrides=tuple((r, tuple((k, v) for k, v in ch)) for r, ch in d.get("rank_overrides", [])),
+            expect_binding=d.get("expect_binding"),
         )
 
     def allure_parameters(self) -> dict[str, str]:
@@ -383,13 +388,38 @@ def _illegal(product: str, profile: str) -> list[Case]:
             if fired != {row.id}:
                 continue
             cid = f"{product}-illegal-{row.id}"
-            out.append(Case(id=cid, params=p, tier="smoke" if row.status != 561002 or len(out) % 4 == 0 else "nightly",
+            binding = binding_rejection(p, overrides)
+            out.append(Case(expect_binding=binding, id=cid, params=p, tier="smoke" if row.status != 561002 or len(out) % 4 == 0 else "nightly",
                             kind="illegal", feature=row.id, seed=stable_seed(cid), expect_status=row.status,
                             expect_constraint=row.id,
                             overrides=tuple(sorted((k, v) for k, v in overrides.items() if not k.startswith("env."))),
                             env=tuple(sorted((k, str(v)) for k, v in env.items())), profile=profile))
             break
     return out
+
+
+def binding_rejection(p: OpParams, overrides: dict) -> str | None:
+    """The torch_npu binding's own checks (its meta function, torch-npu-api.md §1b; kernel-behaviour.md §7).
+
+    They run in Python before any aclnn call and raise RuntimeError ...ERR01001, so a case they catch
+    can only expect that rejection through torch_npu. Returns which check fires, or None.
+    """
+    for name in ("x", "expert_ids"):
+        shape = overrides.get(f"tensors.{name}.shape")
+        if shape is not None and len(shape) != 2:
+            return f"{name} must be 2-D"
+    for g in range(p.world_size):
+        ep_rank = overrides.get("attrs.ep_rank_id", p.ep_rank(g))
+        if not 0 <= ep_rank < p.ep_world_size:
+            return "0 <= ep_rank_id < ep_world_size"
+    se, s = p.shared_expert_num, p.shared_expert_rank_num
+    if not 0 <= s < p.ep_world_size:
+        return "0 <= shared_expert_rank_num < ep_world_size"
+    if not ((se == 1 and s == 0) or (se == 0 and s == 0) or (se > 0 and s // se > 0 and s % se == 0)):
+        return "(shared_expert_num, shared_expert_rank_num) in {(1,0), (0,0), (n, k*n)}"
+    if p.expert_token_nums_type not in (0, 1):
+        return "expert_token_nums_type in [0, 1]"
+    return None
 
 
 def _unreachable_through_torch_npu(overrides: dict) -> str | None:

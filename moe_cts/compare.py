@@ -96,6 +96,12 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """(n, -1) view that also works for n == 0 (numpy cannot infer -1 from an empty array)."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
+
+
 def _fmt(v) -> str:
     v = np.asarray(v)
     if v.dtype.kind == "f" or v.dtype.name == "bfloat16":
@@ -164,7 +170,7 @@ def compare_dispatch(case_id: str, params, rank: int, ref: dict, got: dict, *, t
 
     def rowkeys(x, ds, es):
         # one bytes key per row: the row's bits plus the scale(s) that travel with it
-        keys = [bytes(r) for r in np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)]
+        keys = [bytes(r) for r in _rows(x).view(np.uint8)]
         for extra in (ds, es):
             if extra is not None:
                 keys = [k + np.float32(s).tobytes() for k, s in zip(keys, extra)]
@@ -301,8 +307,8 @@ def compare_combine(case_id: str, params, rank: int, ref: dict, got: dict, *, ta
             cmp.add("fail", rank, f"combine.{name}", int(active.sum()), int(active.sum()),
                     f"expected {r.dtype}{r.shape}, actual {g.dtype}{g.shape}")
             continue
-        rr = r.reshape(len(r), -1)[active]
-        gg = g.reshape(len(g), -1)[active]
+        rr = _rows(r)[active]
+        gg = _rows(g)[active]
         toks = np.nonzero(active)[0]
         if name == "rstd":
             bad_mask = ~np.isclose(rr.astype(np.float64), gg.astype(np.float64), rtol=1e-6, atol=0)

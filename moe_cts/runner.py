@@ -123,8 +123,37 @@ def dispatch_kwargs(p: OpParams, inp: dict, ctx, overrides: dict | None = None) 
         torch = _torch()
         kw["performance_info"] = torch.zeros(p.ep_world_size, dtype=torch.int64, device=dev)
     if overrides:
+        overrides = dict(overrides)
+        _materialise_absent(kw, p, g, overrides, dev)
+        for name in ("group_ep", "group_tp"):
+            # the spec's call descriptions name the groups "ep" / "tp": map them to this world's names
+            v = overrides.get(f"attrs.{name}")
+            if v in GROUP_PLACEHOLDERS:
+                overrides[f"attrs.{name}"] = getattr(ctx, GROUP_PLACEHOLDERS[v])
         apply_overrides(kw, overrides, dev)
     return kw
+
+
+GROUP_PLACEHOLDERS = {"ep": "ep_group", "tp": "tp_group"}
+
+
+def _materialise_absent(kw: dict, p: OpParams, rank: int, overrides: dict, device: str) -> None:
+    """An override on a tensor this case does not pass (e.g. a float16 expert_scales on A3) means
+    "pass one like that": build it from the spec's description of the call, overrides applied."""
+    absent = sorted({k.split(".")[1] for k in overrides if k.startswith("tensors.") and k.count(".") == 2
+                     and kw.get(k.split(".")[1]) is None})
+    if not absent:
+        return
+    from moe_cts.spec import load_profile
+
+    desc = load_profile("v4-doc").call_desc(p, rank, overrides=overrides)
+    for name in absent:
+        t = desc.tensors.get(name)
+        if t is None:
+            raise ValueError(f"override on tensor {name!r}: the call description has no such tensor")
+        kw[name] = _make({"dtype": t.dtype, "shape": list(t.shape)}, device)
+        for k in [k for k in overrides if k.startswith(f"tensors.{name}.")]:
+            del overrides[k]
 
 
 def combine_kwargs(p: OpParams, inp: dict, ctx, d: tuple, expert_out) -> dict:

@@ -149,13 +149,24 @@ def verdict(cmp: Comparison, what: str):
 
 
 def expect_status(case: Case, outcomes):
-    """Every rank must reject the call with the documented status."""
+    """Every rank must reject the call with the documented status (or, where torch_npu's own Python
+    check fires first, with that binding rejection: the aclnn status is unobservable through torch_npu)."""
+    from moe_cts.model import BindingError
+
     wrong = []
     for o in outcomes:
         if o.error is None:
             wrong.append(f"rank {o.rank}: the call was ACCEPTED")
+        elif case.expect_binding:
+            if not isinstance(o.error, BindingError):
+                wrong.append(f"rank {o.rank}: got {describe_error(o.error)}")
         elif getattr(o.error, "status", None) != case.expect_status:
             wrong.append(f"rank {o.rank}: got {describe_error(o.error)}")
+    if wrong and case.expect_binding:
+        raise CaseFailure(
+            f"case {case.id}: expected every rank to be rejected by the torch_npu binding (ERR01001: "
+            f"{case.expect_binding}) before aclnn, because constraint {case.expect_constraint} is broken; instead:\n"
+            + "\n".join(wrong[:8]))
     if wrong:
         raise CaseFailure(
             f"case {case.id}: expected every rank to fail with aclnn status {case.expect_status} "

@@ -130,3 +130,12 @@ def test_combine_inactive_tokens_are_undefined():
     got = x.copy()
     got[1] = 100
     assert not compare_combine("c", P, 0, {"x": x, "active": np.array([True, False])}, {"x": got}).failures
+
+
+def test_a_rank_that_receives_nothing_compares_cleanly():
+    ref = _ref(rows=0)
+    ref["expert_token_nums"] = np.array([0, 0], np.int64)
+    assert compare_dispatch("c", P, 0, ref, _copy(ref), tags=_tag).findings == []
+    got = _copy(ref)
+    got["expert_token_nums"] = np.array([0, 1], np.int64)
+    assert compare_dispatch("c", P, 0, ref, got, tags=_tag).failures
