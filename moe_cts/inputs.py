@@ -111,22 +111,27 @@ def _pool(seed: int, h: int, dtype, stream: str) -> np.ndarray:
     return p
 
 
-def _pool_rows(seed: int, h: int, dtype, stream: str, row_bits: np.ndarray) -> np.ndarray:
+def _pool_rows(seed: int, h: int, dtype, stream: str, row_bits: np.ndarray, out=None) -> np.ndarray:
     pool = _pool(seed, h, dtype, stream)
     off = _below(row_bits, _POOL)
     win = np.lib.stride_tricks.sliding_window_view(pool, h)
+    if out is not None and off.ndim == 1:
+        return np.take(win, off, axis=0, out=out, mode="clip")  # "raise" would buffer
     return win[off]
 
 
-def x_rows(params: OpParams, seed: int, rank, tokens) -> np.ndarray:
-    """x rows of global rank(s) ``rank`` at ``tokens`` (broadcast 1-D arrays), tags included."""
+def x_rows(params: OpParams, seed: int, rank, tokens, out=None) -> np.ndarray:
+    """x rows of global rank(s) ``rank`` at ``tokens`` (broadcast 1-D arrays), tags included.
+
+    ``out``: optional C-contiguous (n, h) array of the x dtype to write into.
+    """
     dt = x_np_dtype(params)
     h = params.h
     rank = np.asarray(rank, dtype=np.int64)
     tokens = np.asarray(tokens, dtype=np.int64)
     rank, tokens = np.broadcast_arrays(rank, tokens)
     rb = _bits(_rank_keys(seed, "x", rank), tokens.astype(np.uint64))
-    out = _pool_rows(seed, h, dt, "xpool", rb)  # fancy-index -> copy
+    out = _pool_rows(seed, h, dt, "xpool", rb, out=out if rb.ndim == 1 else None)  # a gather: a copy
     out = np.ascontiguousarray(out)
     if h >= TAG_COLS:
         tags = np.stack([rank // TAG_BASE, rank % TAG_BASE, tokens // TAG_BASE, tokens % TAG_BASE], axis=-1)

@@ -86,11 +86,11 @@ class Group:
         srow = e + g.SE
         return dict(s=s, b=b, k=k, kw=k, srow=srow, cum=np.cumsum(cnt), per_l=cnt.reshape(L, W).sum(axis=1))
 
-    def rows(self, pl: dict, quant: bool):
-        """x rows (x dtype) or (int8 rows, scales) for a plan."""
-        x = self.get_x(pl["s"], pl["b"])
+    def rows(self, pl: dict, quant: bool, out=None):
+        """x rows (x dtype; written into ``out`` when given) or (int8 rows, scales) for a plan."""
         if not quant:
-            return x, None
+            return self.get_x(pl["s"], pl["b"], out), None
+        x = self.get_x(pl["s"], pl["b"], None)
         xf = x.astype(F32)
         sc = self.scales
         if sc is not None:
@@ -147,8 +147,8 @@ def group_from_inputs(g: Geo, inputs: list, t: int) -> Group:
     xcat = np.concatenate([np.asarray(d["x"]) for d in srcs]) if W else np.zeros((0, g.H), xdt)
     off = np.concatenate([[0], np.cumsum(bs)[:-1]]).astype(np.int64)
 
-    def get_x(s, b):
-        return xcat[off[s] + b]
+    def get_x(s, b, out=None):
+        return np.take(xcat, off[s] + b, axis=0, out=out, mode="clip")  # "raise" would buffer
 
     scales = _same_scales([d.get("scales") for d in srcs]) if g.p.scales else None
     weights = None
@@ -169,8 +169,8 @@ def group_from_seed(g: Geo, seed: int, t: int, routing: str) -> Group:
     mask = I.mask_batch(p, seed, granks)
     bs = np.array([p.bs_of(s) for s in range(W)], np.int64)
 
-    def get_x(s, b):
-        return I.x_rows(p, seed, np.asarray(s) * T + t, b)
+    def get_x(s, b, out=None):
+        return I.x_rows(p, seed, np.asarray(s) * T + t, b, out=out)
 
     scales = I.scales_tensor(p, seed) if p.scales else None
     weights = I.expert_scales_batch(p, seed, granks) if p.expert_scales else None
@@ -205,10 +205,12 @@ def rank_outputs(g: Geo, groups: dict, grank: int, plans: dict | None = None) ->
     for grp, pl in parts:
         n = len(pl["s"])
         if n:
-            rows, sc = grp.rows(pl, quant)
-            out["expand_x"][pos : pos + n] = rows
             if quant:
+                rows, sc = grp.rows(pl, quant)
+                out["expand_x"][pos : pos + n] = rows
                 out["dynamic_scales"][pos : pos + n] = sc
+            else:
+                grp.rows(pl, quant, out=out["expand_x"][pos : pos + n])
             if g.p.product == "A2" and grp.weights is not None and pl["kw"] is not None and shp["expand_scales"][0]:
                 out["expand_scales"][pos : pos + n] = grp.weights[pl["s"], pl["b"], pl["kw"]]
         pos += n
