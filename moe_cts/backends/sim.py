@@ -509,12 +509,19 @@ def _sendable(ent: torch.Tensor, ids: torch.Tensor, M: int) -> torch.Tensor:
 
 
 def _quant_rows(xf: torch.Tensor):
-    """Dynamic per-row quant (kernel-behaviour §3) of fp32 rows: (int8 rows, dynamic scale = 1/ds)."""
-    amax = xf.abs().amax(dim=1) if xf.shape[0] else xf.new_zeros((0,))
-    ds = torch.full_like(amax, 127.0) / amax
-    y = xf * ds[:, None]
-    q = torch.round(y).clamp(-128, 127).nan_to_num(0.0).to(torch.int8)
-    return q, torch.ones_like(ds) / ds
+    """Dynamic per-row quant (kernel-behaviour §3) of fp32 rows: (int8 rows, dynamic scale = 1/ds).
+
+    Consumes ``xf`` (works in place on it).
+    """
+    if xf.shape[0] == 0:
+        return torch.empty(xf.shape, dtype=torch.int8, device=xf.device), xf.new_empty((0,))
+    mn, mx = torch.aminmax(xf, dim=1)
+    amax = torch.maximum(mx, -mn)  # max |x|, exact
+    ds = torch.full_like(amax, 127.0) / amax  # fp32 scalar division
+    y = xf.mul_(ds[:, None])  # fp32 Muls
+    torch.round(y, out=y)  # half to even (CAST_RINT)
+    y.clamp_(-128, 127).nan_to_num_(0.0)  # |y| <= 127 by construction; NaN (amax 0) -> 0
+    return y.to(torch.int8), torch.ones_like(ds) / ds
 
 
 def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_scales, performance_info,
@@ -556,14 +563,16 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
     n_send = sb.shape[0]
 
     # ---- per-row payload: data (quantised per destination on the sender), scales, triple
-    xf = x.index_select(0, sb)
-    if quant_mode == 2:
-        xf = xf.float()
-        if scales is not None:
-            xf = xf * scales.to(dev).float().index_select(0, ssrow)
+    if quant_mode == 2 and scales is None:
+        # the same row quantised for each destination gives the same bits: quantise each token once
+        qx, dx = _quant_rows(x.float())
+        data, dyn = qx.index_select(0, sb), dx.index_select(0, sb)
+    elif quant_mode == 2:
+        xf = x.index_select(0, sb).float()
+        xf.mul_(scales.to(dev).float().index_select(0, ssrow))  # smooth scale row per destination
         data, dyn = _quant_rows(xf)
     else:
-        data, dyn = xf, torch.zeros(n_send, dtype=torch.float32, device=dev)
+        data, dyn = x.index_select(0, sb), torch.zeros(n_send, dtype=torch.float32, device=dev)
     if expert_scales is not None:
         es_full = torch.cat([expert_scales.to(dev).float(), torch.ones(bs, max(SE, 1), device=dev)], dim=1)
         esc = es_full[sb, sk]
@@ -623,10 +632,12 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
         tp_counts[cfg.tp_rank], tp_counts[peer] = totals[cfg.tp_rank], totals[peer]
 
     # ---- outputs, allocated as torch_npu does (rows past the counts: zeros)
-    outs = [torch.zeros(shape, dtype=dt, device=dev) for shape, dt in meta]
+    outs = [torch.empty(shape, dtype=dt, device=dev) if i == 0 else torch.zeros(shape, dtype=dt, device=dev)
+            for i, (shape, dt) in enumerate(meta)]
     expand_x, dyn_o, assist, etn, epc, tpc, exs = outs
     n_all = r_data.shape[0]
     _put(expand_x, r_data)
+    # rows past the count stay uninitialised, as torch_npu allocates them (undefined; A*H can be 100s of MB)
     if quant_mode == 2:
         m = min(n_all, dyn_o.numel())
         dyn_o.view(-1)[:m] = r_dyn.reshape(-1)[:m]
@@ -745,7 +756,6 @@ def _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist, ep_send_counts, exp
 
     # ---- source side: R[b, k] (k < K MoE rows, K + j shared rows)
     R = torch.zeros((bs, K + max(SE, 0), H), dtype=torch.float32, device=dev)
-    have = torch.zeros((bs, K + max(SE, 0)), dtype=torch.bool, device=dev)
     if ctx.product == "A2":
         flat = torch.nonzero(_sendable(ent, ids, M).reshape(-1), as_tuple=False).reshape(-1)
         e = ids.reshape(-1)[flat]
@@ -758,10 +768,14 @@ def _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist, ep_send_counts, exp
         slot = assist.to(dev)[: bs * K].to(torch.int64)[flat]
         pos = displ[dest] + offs_l[dest * cfg.Lmoe + l] + slot
         R[flat // K, flat % K] = r_rows.float()[pos]
-        have[flat // K, flat % K] = True
     elif r_rows.shape[0]:
         R[r_meta[:, 0], r_meta[:, 1]] = r_rows.float()
-        have[r_meta[:, 0], r_meta[:, 1]] = True
+
+    def add(acc, t, where):
+        """acc + t on the rows in ``where`` (fp32 add, one rounding; -0.0 of untouched rows preserved)."""
+        if bool(where.all()):
+            return acc.add_(t)
+        return torch.where(where[:, None], acc + t, acc)
 
     # ---- accumulate in k order: t = r*w (one rounding), acc = acc + t (another)
     w = expert_scales.to(dev).float()
@@ -772,25 +786,25 @@ def _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist, ep_send_counts, exp
         use = ent[:, k] & tok
         if cfg.special == 0:
             t = R[:, k] * w[:, k:k + 1]
-            acc = torch.where(use[:, None], acc + t, acc)
+            acc = add(acc, t, use)
             continue
         moe = use & (e < M)
         t = R[:, k] * w[:, k:k + 1]
-        acc = torch.where(moe[:, None], acc + t, acc)
+        acc = add(acc, t, moe)
         cp = use & (e >= M + cfg.Z) & (e < M + cfg.Z + cfg.C)
         if bool(cp.any()):
             t = xo * w[:, k:k + 1]
-            acc = torch.where(cp[:, None], acc + t, acc)
+            acc = add(acc, t, cp)
         cs = use & (e >= M + cfg.Z + cfg.C) & (e < M + cfg.special)
         if bool(cs.any()):
             c = (e - (M + cfg.Z + cfg.C)).clamp(0, max(cfg.Q - 1, 0))
             const = _const_expert(xo, c, alpha1.to(dev), alpha2.to(dev), const_v.to(dev))
             t = const * w[:, k:k + 1]
-            acc = torch.where(cs[:, None], acc + t, acc)
+            acc = add(acc, t, cs)
     for j in range(SE):
-        acc = torch.where(tok[:, None], acc + R[:, K + j], acc)
+        acc = add(acc, R[:, K + j], tok)
     if shared_expert_x is not None:
-        acc = torch.where(tok[:, None], acc + shared_expert_x.to(dev).reshape(bs, H).float(), acc)
+        acc = add(acc, shared_expert_x.to(dev).reshape(bs, H).float(), tok)
     return acc, tok
 
 
