@@ -89,14 +89,17 @@ class Case:
             expect_binding=d.get("expect_binding"),
         )
 
-    def allure_parameters(self) -> dict[str, str]:
-        """Every case-defining value, nothing volatile (no paths, times, pids)."""
-        p = self.params.to_dict()
-        out = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in p.items()}
-        out.update(seed=str(self.seed), routing=self.routing, profile=self.profile, kind=self.kind)
+    def allure_parameters(self) -> dict[str, object]:
+        """Every case-defining value, nothing volatile (no paths, times, pids). Scalars stay native so
+        Allure shows 4, not '4'; lists and None become JSON text."""
+        def show(v):
+            return v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+
+        out = {k: show(v) for k, v in self.params.to_dict().items()}
+        out.update(seed=self.seed, routing=self.routing, profile=self.profile, kind=self.kind)
         if self.expect_status is not None:
-            out["expect_status"] = str(self.expect_status)
-            out["expect_constraint"] = str(self.expect_constraint)
+            out["expect_status"] = self.expect_status
+            out["expect_constraint"] = self.expect_constraint
         for k, v in self.overrides:
             out[f"override:{k}"] = json.dumps(v)
         for k, v in self.env:
