@@ -41,6 +41,8 @@ BASES = {
 }
 # rows that cannot be violated alone (documented in docs/spec.md)
 UNBREAKABLE = {"any.elasticInfo.dtype"}  # any elastic_info at all already violates any.elasticInfo.null
+# A2 has no TP and needs W >= 16 (so M >= 16 >= K): these "any" rows cannot fail alone there
+UNBREAKABLE_ON = {"A2": {"any.groupTp.distinct", "any.tp.localExpertNum", "any.k.experts"}, "A3": set()}
 
 
 def ids(vs, kind=None):
@@ -346,3 +348,24 @@ def test_first_error_is_what_the_kernel_returns():
     c = PROF.call_desc(DOC_EXAMPLE.replace(h=8193), 3, overrides={"tensors.x.dtype": "float32"})
     assert PROF.first_error(c).constraint == "any.x.dtype" and PROF.first_error(c).status == 161002
     assert PROF.first_error(PROF.call_desc(DOC_EXAMPLE.replace(global_bs=128), 0)) is None
+
+
+SMALL_BASES = [  # minimal bases like the case generator's: each row should still be breakable from one of them
+    OpParams(product="A3", ep_world_size=4, moe_expert_num=8, bs=4, h=1024, k=3),
+    OpParams(product="A2", ep_world_size=16, moe_expert_num=16, bs=2, h=256, k=2, comm_alg="fullmesh", expert_scales=True),
+]
+
+
+@pytest.mark.parametrize("product", ["A2", "A3"])
+def test_break_case_from_minimal_bases(product):
+    base = next(b for b in SMALL_BASES if b.product == product)
+    missing = []
+    for r in PROF.rows:
+        if r.kind != "checked" or product not in r.products or r.id in UNBREAKABLE | UNBREAKABLE_ON[product]:
+            continue
+        got = PROF.break_case(base, r.id)
+        if got is None:
+            missing.append(r.id)
+            continue
+        assert ids(PROF.check_params(got[0], overrides=got[1]), "checked") == [r.id]
+    assert missing == []

@@ -453,9 +453,7 @@ class Profile:
                 for v in (hi + step, lo - step):
                     out.append(_param_set(r.range["param"], v))
         elif r.buffer:
-            need = self._row_need_mb(r, params)
-            if need:
-                out.append({"override": {"env.HCCL_BUFFSIZE": need - 1}})
+            out.append({"buffer_under": True})
         elif r.enum:
             vals = list(r.enum["values"])
             param = r.enum["param"]
@@ -478,7 +476,10 @@ class Profile:
         if self.checked_ids(params):
             return None  # base must be legal
         pns = params_namespace(params)
-        for cand in list(r.breaker) + self._auto_breakers(r, params):
+        cands = list(r.breaker) + self._auto_breakers(r, params)
+        if r.buffer is not None:  # explicit breakers of buffer rows only move the base onto the row
+            cands = [{}] + list(r.breaker)
+        for cand in cands:
             try:
                 if cand.get("when") and not eval(compile(cand["when"], "<when>", "eval"), pns):
                     continue
@@ -489,6 +490,16 @@ class Profile:
             newp = _replace(params, sets)
             if newp is None:
                 continue
+            if r.buffer is not None:  # one MB under this row's minimum, computed on the modified params
+                fixed = self._fixup(params, newp, ovs, {"any.moeExpertNum.divisible", "any.globalBs.value"}
+                                    & set(self.checked_ids(newp, overrides=ovs)))
+                if fixed is None:
+                    continue
+                newp, ovs = fixed
+                need = self._row_need_mb(r, newp)
+                if need <= 0:
+                    continue
+                ovs = {**ovs, "env.HCCL_BUFFSIZE": need - 1}
             for _ in range(4):
                 try:
                     ids = self.checked_ids(newp, overrides=ovs)
