@@ -361,3 +361,46 @@ def test_add_rms_norm():
         assert y.shape == (1, 1, 4) and rstd.shape == (1, 1, 1) and xo.shape == (1, 1, 4)
         assert y.reshape(-1).tolist() == [1.0, 2.0, 3.0, 4.0]
         assert rstd.item() == 0.5 and xo.reshape(-1).tolist() == [2.0] * 4
+
+
+# --------------------------------------------------------------------------- const (Q,H) softmax form, shared_expert_x
+def _case_const2d(ctx):
+    r, W, M, H, bs = ctx.rank, 2, 2, 4, 1
+    kw = dict(const_expert_num=2)
+    ids = torch.tensor([[r, 3]], dtype=torch.int32)  # const expert c = 3 - M = 1
+    x = tagged_x(r, bs, H)
+    out = sim.dispatch(ctx, x, ids, ctx.ep_group, W, r, M, **kw)
+    a = torch.zeros(2, H, dtype=BF)  # logits 0, 0 -> softmax weights 1/2, 1/2
+    v = torch.tensor([[9.0] * H, [2.0] * H], dtype=BF)
+    y = sim.combine(ctx, out[0], ids, out[2], out[4], torch.tensor([[1.0, 0.5]]), ctx.ep_group, W, r, M,
+                    ori_x=x, const_expert_alpha_1=a, const_expert_alpha_2=a, const_expert_v=v,
+                    shared_expert_x=torch.full((bs, H), 0.25, dtype=BF), **kw)
+    return y, x
+
+
+def test_const_softmax_form_and_shared_expert_x():
+    for y, x in run_loopback(2, _case_const2d):
+        # x*1 + (0.5*x + 0.5*v[1])*0.5 + shared_expert_x (unweighted) = 1.25x + 0.5 + 0.25
+        assert torch.equal(y, (1.25 * x.float() + 0.75).to(BF))
+
+
+def _case_fp16_tp(ctx):
+    g = ctx.rank
+    ids = torch.tensor([[g // 2]], dtype=torch.int32)
+    x = torch.full((1, 4), 1000.0 + g, dtype=torch.float16)
+    kw = dict(group_tp=ctx.tp_group, tp_world_size=2, tp_rank_id=g % 2)
+    out = sim.dispatch(ctx, x, ids, ctx.ep_group, 2, g // 2, 2, **kw)
+    ex = out[0].clone()
+    n_own = int(out[5][g % 2])
+    ex[:n_own] += 0.5 if g % 2 == 0 else 0.0  # the two TP halves differ: own + peer is a real add
+    return sim.combine(ctx, ex, ids, out[2], out[4], torch.ones(1, 1), ctx.ep_group, 2, g // 2, 2,
+                       tp_send_counts=out[5], **kw), x
+
+
+def test_tp2_fp16_reduce():
+    for g, (y, x) in enumerate(run_loopback(2, _case_fp16_tp, tp_world_size=2)):
+        # each token goes to the expert of its own rank; on tp0 ranks the own half was made x + 0.5, so
+        # own + peer = 2x + 0.5, which rounds in half to 2x (ulp 1 at 2000, tie to even); tp1 ranks: 2x
+        assert y.dtype == torch.float16
+        assert torch.equal(y, (x + 0.5) + x if g % 2 == 0 else x + x)
+        assert torch.equal(y, 2 * x)
