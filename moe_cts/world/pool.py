@@ -363,6 +363,7 @@ class WorldPool:
         self.stats = {"worlds_started": 0, "broken": 0, "runs": 0}
         self.last_start_s: float | None = None
         self._closed = False
+        self._driver = None  # torchrun fixtures: the TCPStore the workers connect to
         _live_pools.add(self)
 
     # what kind of world serves a size
@@ -377,18 +378,28 @@ class WorldPool:
                              f"a world of {world_size} does not fit (skip such cases)")
         return "procs"
 
+    def _key(self, world_size: int):
+        return "torchrun" if self.fx.launcher == "torchrun" else world_size
+
     def _world(self, world_size: int):
-        w = self._worlds.get(world_size)
+        key = self._key(world_size)
+        w = self._worlds.get(key)
         if w is not None and not w.is_alive():
             w.kill()  # died between runs (after its last results): start afresh
-            self._worlds.pop(world_size, None)
+            self._worlds.pop(key, None)
             w = None
         if w is None:
             kind = self._kind(world_size)
             if kind == "torchrun":
-                from moe_cts.world.torchrun import TorchrunWorld
+                from moe_cts.world.torchrun import TorchrunDriver, TorchrunWorld
 
-                w = TorchrunWorld(self.fx, world_size, self.backend_spec)
+                if self._driver is None:
+                    self._driver = TorchrunDriver(self.fx)
+                    self._driver.configure(self.backend_spec, self.fx.backend_options)
+                if world_size > self._driver.world_size:
+                    raise ValueError(f"fixture {self.fx.name!r}: a world of {world_size} does not fit the "
+                                     f"torchrun world of {self._driver.world_size}")
+                w = TorchrunWorld(self.fx, self._driver)
             else:
                 lease, base = None, 0
                 if self.fx.device_type != "cpu":
@@ -406,7 +417,7 @@ class WorldPool:
             w.start()
             self.stats["worlds_started"] += 1
             self.last_start_s = w.started_s
-            self._worlds[world_size] = w
+            self._worlds[key] = w
         return w
 
     def run(self, world_size: int, job: str, payload: Any = None, *, layout: tuple[int, int] | None = None,
@@ -423,10 +434,12 @@ class WorldPool:
             self.stats["runs"] += 1
             try:
                 w = self._world(world_size)
+                if self._key(world_size) == "torchrun":
+                    return w.run(job, payload, layout, product, deadline, n=world_size)
                 return w.run(job, payload, layout, product, deadline)
             except WorldBroken:
                 self.stats["broken"] += 1
-                w = self._worlds.pop(world_size, None)
+                w = self._worlds.pop(self._key(world_size), None)
                 if w is not None:
                     w.kill()
                 raise
@@ -440,7 +453,7 @@ class WorldPool:
 
     def discard(self, world_size: int) -> None:
         with self._lock:
-            w = self._worlds.pop(world_size, None)
+            w = self._worlds.pop(self._key(world_size), None)
             if w is not None:
                 w.stop()
 
@@ -457,6 +470,8 @@ class WorldPool:
                 except Exception:  # noqa: BLE001
                     w.kill()
             self._worlds.clear()
+            if self._driver is not None:
+                self._driver.stop()  # torchrun workers exit 0, torchrun with them
 
     def __enter__(self):
         return self

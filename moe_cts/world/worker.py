@@ -69,9 +69,10 @@ def rank_group_names(rank: int, E: int, T: int) -> tuple[str, str]:
 class _Groups:
     """Per-rank cache: layout -> {name: handle} of this rank's groups, made with transport.new_group."""
 
-    def __init__(self, transport, world_size: int):
+    def __init__(self, transport, world_size: int, total: int | None = None):
         self.transport = transport
-        self.world_size = world_size
+        self.world_size = world_size  # ranks of the case's world (0..world_size-1)
+        self.total = total or world_size  # ranks of the transport's world: all of them make every group
         self.cache: dict[tuple[int, int], tuple[str, str, dict[str, Any]]] = {}
 
     def get(self, rank: int, layout) -> tuple[str, str, dict[str, Any]]:
@@ -82,7 +83,7 @@ class _Groups:
             ep_name, tp_name = rank_group_names(rank, E, T)
             mine: dict[str, Any] = {}
             for name, ranks in groups:
-                if len(ranks) == self.world_size:
+                if len(ranks) == self.total:
                     handle = None  # the whole world: the transport's default group
                 else:
                     handle = self.transport.new_group(list(ranks))  # collective: every rank, same order
