@@ -175,6 +175,24 @@ def test_standin_process_facts(contract):
             "npu_moe_distribute_combine_add_rms_norm"} <= set(extra["ops"])
 
 
+def test_backend_positional_parameters_match_schema(contract):
+    for op, (schema, backend) in contract["extra"]["positional"].items():
+        assert schema == backend, op
+
+
+SPEC_DOC = ROOT.parent / "shared" / "spec" / "torch-npu-api.md"
+
+
+@pytest.mark.skipif(not SPEC_DOC.exists(), reason=f"{SPEC_DOC} not present (fresh clone without the shared spec)")
+def test_standin_schemas_are_the_documented_ones():
+    """The stand-in's schema strings are byte-identical to the `- func:` lines of torch-npu-api.md §1a."""
+    doc = [ln.strip() for ln in SPEC_DOC.read_text().splitlines() if ln.startswith("- func: ")]
+    src = (STANDIN / "torch_npu" / "__init__.py").read_text()
+    mine = [ln.strip() for ln in src.split("SCHEMA_LINES = r\'\'\'", 1)[1].split("\'\'\'", 1)[0].splitlines()
+            if ln.strip()]
+    assert len(doc) >= 6 and mine == doc
+
+
 def _probe(code: str, standin_env: str | None) -> str:
     env = _standin_env()
     if standin_env is None:

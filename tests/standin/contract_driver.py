@@ -252,6 +252,10 @@ def main(argv):
     extra["current_device_after_prepare"] = torch_npu.npu.current_device()
     extra["task_queue_enable"] = os.environ.get("TASK_QUEUE_ENABLE")
     extra["ops"] = sorted(torch_npu.SCHEMAS)
+    from moe_cts.backends import npu as npu_mod
+    extra["positional"] = {  # the backend's positional lists vs the schema's non-keyword-only arguments
+        op: [[a.name for a in torch_npu._SCHEMA_OBJ[op].arguments if not a.kwarg_only], list(names)]
+        for op, names in npu_mod._POSITIONAL.items()}
     try:
         from moe_cts.backends import sim
         extra["sim_checker"] = sim._load_checker("v4-doc") is not None
