@@ -40,7 +40,7 @@ BASES = {
                              comm_alg="hierarchy", expert_scales=True),
 }
 # rows that cannot be violated alone (documented in docs/spec.md)
-UNBREAKABLE = {"any.elasticInfo.dtype"}  # any elastic_info at all already violates any.elasticInfo.null
+UNBREAKABLE: set = set()
 # A2 has no TP and needs W >= 16 (so M >= 16 >= K): these "any" rows cannot fail alone there
 UNBREAKABLE_ON = {"A2": {"any.groupTp.distinct", "any.tp.localExpertNum", "any.k.experts"}, "A3": set()}
 
@@ -226,10 +226,11 @@ def test_break_case_refuses_preconditions_and_illegal_bases():
     assert PROF.break_case(DOC_EXAMPLE, "A2.bs.range") is None  # other product
 
 
-def test_unbreakable_rows_still_fire_first():
+def test_elastic_info_dtype_then_presence():
     vs = PROF.check_params(DOC_EXAMPLE, overrides={"tensors.elastic_info": {"dtype": "float32", "shape": [20]}})
-    assert ids(vs) == ["any.elasticInfo.dtype", "any.elasticInfo.null"]
-    assert vs[0].status == 161002
+    assert ids(vs) == ["any.elasticInfo.dtype"] and vs[0].status == 161002
+    vs = PROF.check_params(DOC_EXAMPLE, overrides={"tensors.elastic_info": {"dtype": "int32", "shape": [20]}})
+    assert ids(vs) == ["any.elasticInfo.null"] and vs[0].status == 561002
 
 
 def test_precondition_is_never_a_checked_violation():
