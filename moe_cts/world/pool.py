@@ -84,7 +84,9 @@ class LocalWorld:
             "dist_timeout_s": max(fx.deadlines.case_s, fx.deadlines.start_s) * 4 + 60,
             "torch_threads": max(1, cores // n_procs) if fx.device_type == "cpu" else None,
         }
-        self.ctx = mp.get_context("fork" if loopback and fx.start_method == "fork" else fx.start_method)
+        self.ctx = mp.get_context(fx.start_method)
+        if fx.start_method == "forkserver":
+            self.ctx.set_forkserver_preload(["torch", "torch.distributed", "moe_cts.world.worker"])
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -439,6 +441,13 @@ class WorldPool:
                 return w.run(job, payload, layout, product, deadline)
             except WorldBroken:
                 self.stats["broken"] += 1
+                w = self._worlds.pop(self._key(world_size), None)
+                if w is not None:
+                    w.kill()
+                raise
+            except BaseException:
+                # ^C or an error in the parent mid-run: the ranks may still be busy with this job,
+                # so the world cannot take the next one; kill it (the next run starts afresh)
                 w = self._worlds.pop(self._key(world_size), None)
                 if w is not None:
                     w.kill()
