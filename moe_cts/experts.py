@@ -42,7 +42,7 @@ def apply_experts(params: OpParams, rank: int, expand_x, dynamic_scales, expert_
         return out
     xf = ex[:n].astype(F32)
     if params.quant_mode == 2:
-        xf = (xf * np.asarray(dynamic_scales, F32)[:n, None]).astype(F32)
+        np.multiply(xf, np.asarray(dynamic_scales, F32)[:n, None], out=xf)
     d = params.ep_rank(rank)
     S, SE = _roles(params)
     if d < S:
@@ -55,5 +55,6 @@ def apply_experts(params: OpParams, rank: int, expand_x, dynamic_scales, expert_
         l = np.searchsorted(cum, np.arange(n), side="right")
         l = np.minimum(l, L - 1)
         c = moe_constant((d - S) * L + l)
-    out[:n] = (xf * c[:, None]).astype(F32).astype(xdt)
+    np.multiply(xf, c[:, None], out=xf)  # fp32 multiply, RNE
+    out[:n] = xf  # RNE to the x dtype
     return out

@@ -42,12 +42,31 @@ def dispatch(params: OpParams, inputs: list[dict], *, variant: str = "doc") -> l
     return [rank_outputs(g, groups, r, plans) for r in range(params.world_size)]
 
 
+_GROUP_CACHE: dict = {}
+
+
+def _seed_group(g, seed, t, routing):
+    """Routing of an EP group (ids, masks: small) cached for the last case, so the goldens of several
+    ranks of one case share it; x rows are never cached."""
+    key = (g.p, g.variant, int(seed), t, routing)
+    grp = _GROUP_CACHE.get(key)
+    if grp is None:
+        if len(_GROUP_CACHE) >= 2:
+            _GROUP_CACHE.clear()
+        grp = _GROUP_CACHE[key] = group_from_seed(g, seed, t, routing)
+    return grp
+
+
 def dispatch_rank(params: OpParams, seed: int, rank: int, routing: str = "uniform", *, variant: str = "doc") -> dict:
-    """One global rank's dispatch outputs from the seed; only the x rows that reach it are generated."""
+    """One global rank's dispatch outputs from the seed; only the x rows that reach it are generated.
+
+    Every source's expert_ids / mask of the rank's EP group(s) are generated (cheap, cached for the
+    last case); x rows only for the tokens that reach this rank.
+    """
     g = geo(params, variant)
     t = rank % g.T
     ts = [t, 1 - t] if g.merge else [t]
-    groups = {u: group_from_seed(g, seed, u, routing) for u in ts}
+    groups = {u: _seed_group(g, seed, u, routing) for u in ts}
     return rank_outputs(g, groups, rank)
 
 
