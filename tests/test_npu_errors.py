@@ -260,5 +260,16 @@ def test_task_queue_mismatch_refused(fake, monkeypatch):
         npu.NpuBackend().prepare_rank(_ctx())
 
 
+def test_task_queue_checked_at_first_call_too(fake, monkeypatch):
+    monkeypatch.setenv("TASK_QUEUE_ENABLE", "1")
+    with pytest.raises(RuntimeError, match="TASK_QUEUE_ENABLE='1'"):
+        npu.NpuBackend().dispatch(_ctx(), torch.zeros(2, 8), torch.zeros(2, 2, dtype=torch.int32), "ep0", 2, 1, 4)
+    assert not fake.calls  # refused before the op ran
+    monkeypatch.delenv("TASK_QUEUE_ENABLE")
+    npu.NpuBackend().dispatch(_ctx(), torch.zeros(2, 8), torch.zeros(2, 2, dtype=torch.int32), "ep0", 2, 1, 4)
+    import os
+    assert os.environ["TASK_QUEUE_ENABLE"] == "0"
+
+
 def test_required_env():
     assert npu.NpuBackend.required_env() == {"TASK_QUEUE_ENABLE": "0"}

@@ -237,6 +237,7 @@ class NpuBackend:
         self.options = dict(options)
         # (group key, id(pg)) -> (hccl comm name, HCCL_BUFFSIZE in force when the comm was created)
         self._names: dict[tuple[str, int], tuple[str, str | None]] = {}
+        self._env_checked = False
 
     # ---- world hooks ------------------------------------------------------------------------
     @classmethod
@@ -245,18 +246,26 @@ class NpuBackend:
         return {"TASK_QUEUE_ENABLE": "0"}
 
     def prepare_rank(self, ctx: RankContext) -> None:
-        """Per rank process, before any case: import torch_npu, select the device, apply HCCL env."""
-        for k, v in self.required_env().items():
-            cur = os.environ.get(k)
-            if cur is None:
-                os.environ[k] = v  # takes effect only if torch_npu is not imported yet
-            elif cur != v and self.check_task_queue:
-                raise RuntimeError(
-                    f"{k}={cur!r} in this rank, the npu backend needs {k}={v!r} (aclnn errors would otherwise "
-                    "surface at a later sync point); start ranks with NpuBackend.required_env()")
+        """Per rank process, before any case: check the env, import torch_npu, select the device."""
+        self._check_env()
         _torch_npu()
         self._apply_env(ctx)
         torch.npu.set_device(ctx.device)
+
+    def _check_env(self) -> None:
+        """TASK_QUEUE_ENABLE must be "0". Absent: set here, which helps only if torch_npu has not read it yet
+        (the world sets it from the fixture's env before torch_npu is imported)."""
+        if self._env_checked:
+            return
+        for k, v in self.required_env().items():
+            cur = os.environ.get(k)
+            if cur is None:
+                os.environ[k] = v
+            elif cur != v and self.check_task_queue:
+                raise RuntimeError(
+                    f"{k}={cur!r} in this rank, the npu backend needs {k}={v!r} (aclnn errors would otherwise "
+                    "surface at a later call); start ranks with NpuBackend.required_env() / the fixture's env")
+        self._env_checked = True
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
@@ -297,6 +306,7 @@ class NpuBackend:
         return value
 
     def _call(self, ctx: RankContext, op_name: str, positional: dict[str, Any], kw: dict[str, Any]):
+        self._check_env()  # also when the world did not call prepare_rank()
         tnpu = _torch_npu()
         op = getattr(tnpu, op_name)
         args = [positional[p] for p in _POSITIONAL[op_name]]
