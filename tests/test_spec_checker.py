@@ -370,3 +370,27 @@ def test_break_case_from_minimal_bases(product):
             continue
         assert ids(PROF.check_params(got[0], overrides=got[1]), "checked") == [r.id]
     assert missing == []
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_ints = st.integers(min_value=-2, max_value=2100)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(product=st.sampled_from(["A2", "A3"]), W=st.integers(0, 800), M=_ints, bs=st.integers(-1, 600),
+       h=st.integers(-1, 11000), k=st.integers(-1, 20), tp=st.integers(-1, 3), S=st.integers(-1, 10),
+       SE=st.integers(-1, 6), qm=st.integers(-1, 3), gbs=st.integers(-1, 5000),
+       alg=st.sampled_from(["", "fullmesh", "hierarchy", "fullmesh_v1", "fullmesh_v2", "x"]),
+       mask=st.sampled_from(["none", "1d", "2d"]), flags=st.tuples(st.booleans(), st.booleans(), st.booleans()))
+def test_checker_never_raises(product, W, M, bs, h, k, tp, S, SE, qm, gbs, alg, mask, flags):
+    p = OpParams(product=product, ep_world_size=W, moe_expert_num=M, bs=bs, h=h, k=k, tp_world_size=tp,
+                 shared_expert_rank_num=S, shared_expert_num=SE, quant_mode=qm, global_bs=gbs, comm_alg=alg,
+                 x_active_mask=mask, scales=flags[0], expert_scales=flags[1], performance_info=flags[2])
+    vs = PROF.check_params(p)
+    assert all(v.kind in ("checked", "precondition") for v in vs)
+    assert all((v.status is None) == (v.kind == "precondition") for v in vs)
+    if W >= 1:  # what `moe-cts check` prints must never raise either (W < 1 is rejected as unusable input)
+        from moe_cts.spec.check_cli import evaluate, render
+
+        render(evaluate(PROF, p, {}, {}))

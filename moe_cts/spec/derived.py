@@ -99,7 +99,7 @@ def output_descs(params: OpParams, rank: int) -> dict[str, TensorDesc]:
     gbs = params.global_bs or bs * W
     S, SE = params.shared_expert_rank_num, params.shared_expert_num
     L, a = 1, 0
-    if params.expert_shard_type == 0:
+    if params.expert_shard_type == 0 and W > 0:
         if e < S:
             r = (S // SE) if SE > 0 else 0
             a = (gbs // W) * math.ceil(W / r) if r > 0 else 0
