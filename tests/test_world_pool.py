@@ -112,9 +112,25 @@ def pool(fx):
     p.close()
 
 
+def _mp_helpers() -> set[int]:
+    """multiprocessing's own long-lived helpers (resource tracker, forkserver): not worlds."""
+    pids = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        for obj in (resource_tracker._resource_tracker, forkserver._forkserver):
+            pid = getattr(obj, "_pid", None) or getattr(obj, "_forkserver_pid", None)
+            if pid:
+                pids.add(pid)
+    except Exception:  # noqa: BLE001
+        pass
+    return pids
+
+
 def _children() -> list[int]:
-    """Live (non-zombie) child processes of this process, from /proc."""
+    """Live (non-zombie) child processes of this process, from /proc, less multiprocessing's helpers."""
     me = os.getpid()
+    helpers = _mp_helpers()
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -125,7 +141,7 @@ def _children() -> list[int]:
         except OSError:
             continue
         rest = st[st.rindex(")") + 2:].split()
-        if int(rest[1]) == me and rest[0] != "Z":
+        if int(rest[1]) == me and rest[0] != "Z" and int(d) not in helpers:
             out.append(int(d))
     return out
 
