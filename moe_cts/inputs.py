@@ -170,21 +170,21 @@ def _distinct(bits: np.ndarray, n_pool: int) -> np.ndarray:
     b = bits.reshape(-1, shp[-1])
     K = shp[-1]
     if n_pool >= 4 * K:
-        c = _below(b, n_pool)
+        bt = np.ascontiguousarray(b.T)  # (K, n): contiguous columns
+        c = _below(bt, n_pool)
         rnd = 0
         while True:
             redo = np.zeros(c.shape, dtype=bool)
             for j in range(1, K):
-                cj = c[:, j]
-                rj = redo[:, j]
+                cj, rj = c[j], redo[j]
                 for i in range(j):
-                    rj |= c[:, i] == cj
+                    rj |= c[i] == cj
             if not redo.any():
-                return c.reshape(shp)
+                return np.ascontiguousarray(c.T).reshape(shp)
             rnd += 1
-            r, j = np.nonzero(redo)
+            j, r = np.nonzero(redo)
             with np.errstate(over="ignore"):
-                c[r, j] = _below(_mix(b[r, j] + np.uint64(rnd) * _M1), n_pool)
+                c[j, r] = _below(_mix(bt[j, r] + np.uint64(rnd) * _M1), n_pool)
     out = np.empty(b.shape, dtype=np.int64)
     srt = np.empty((b.shape[0], 0), dtype=np.int64)
     for j in range(K):

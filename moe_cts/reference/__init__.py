@@ -31,6 +31,8 @@ def _groups(g, inputs):
 
 
 def _plans(g, groups):
+    for grp in groups.values():
+        grp.sorted_entries()  # one stable sort serves every destination
     return {(t, d): groups[t].plan(d) for t in groups for d in range(g.W)}
 
 
