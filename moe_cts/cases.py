@@ -339,7 +339,7 @@ def _legal(product: str, profile: str) -> list[Case]:
         if row.kind != "checked" or product not in row.products:
             continue
         try:
-            values = prof.boundary_values(row.id)
+            values = prof.boundary_values(row.id, base)  # bounds written as expressions resolve on the base
         except (KeyError, AttributeError, NotImplementedError):
             values = []
         for name, value in values:
@@ -463,7 +463,9 @@ def select(cases: Iterable[Case], tier: str | None = None, product: str | None =
 
 
 def _has_param_bounds(prof, cid: str) -> bool:
-    return any(hasattr(BASES["A3"], name) and value is not None for name, value in prof.boundary_values(cid))
+    row = prof.row(cid)
+    return any(hasattr(BASES["A3"], name) and value is not None
+               for name, value in prof.boundary_values(cid, BASES[row.products[0]]))
 
 
 def coverage(cases: Iterable[Case], profile: str = "v4-doc") -> list[tuple[str, int, int, str]]:
@@ -482,7 +484,7 @@ def coverage(cases: Iterable[Case], profile: str = "v4-doc") -> list[tuple[str, 
         illegal = sum(1 for c in cases if c.expect_constraint == row.id)
         boundary = sum(1 for c in cases if c.feature == f"boundary:{row.id}")
         try:
-            has_bounds = bool(prof.boundary_values(row.id))
+            has_bounds = bool(prof.boundary_values(row.id, BASES[row.products[0]]))
         except (KeyError, AttributeError, NotImplementedError):
             has_bounds = False
         # rows whose bounds are not OpParams values (dtypes, shapes) are exercised by every legal case

@@ -9,12 +9,20 @@ import sys
 COMMAND_MODULES = (
     "moe_cts.spec.check_cli",  # check
     "moe_cts.commands",  # list, coverage, golden
+    "moe_cts.mutate",
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (what, and how to get help), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moe-cts", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="moe-cts", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for modname in COMMAND_MODULES:
         importlib.import_module(modname).add_parser(sub)
     args = parser.parse_args(argv)
