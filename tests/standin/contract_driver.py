@@ -243,6 +243,10 @@ def main(argv):
     import torch_npu
     if not getattr(torch_npu, "_MOE_CTS_STANDIN", False):
         raise SystemExit(f"contract_driver: imported a real torch_npu ({torch_npu.__file__}), refusing")
+    if argv[:1] == ["--suite"]:  # --suite MAX_WORLD MAX_H LIMIT
+        mw, mh, lim = (int(v) for v in (argv[1:4] + ["4", "2048", "1000"][len(argv[1:4]):]))
+        print(json.dumps({"suite": run_suite(mw, mh, lim)}, default=str))
+        return
     extra = {}
     from moe_cts.backends.npu import npu_available, NpuBackend
     from moe_cts.backends.base import RankContext
@@ -264,6 +268,139 @@ def main(argv):
     ids = argv or list(SCENARIOS)
     res = {sid: run(sid) for sid in ids}
     print(json.dumps({"scenarios": res, "extra": extra}))
+
+
+
+# =========================================================================== the suite's own cases
+def _suite_rank(rank, tr, case_dict, use_npu):
+    import torch_npu
+    from moe_cts.backends.base import RankContext
+    from moe_cts.backends.npu import NpuBackend
+    from moe_cts.backends.sim import SimBackend
+    from moe_cts.cases import Case
+    from moe_cts.runner import run_case_on_rank
+
+    p = Case.from_dict(case_dict).params
+    W, T = p.ep_world_size, p.tp
+    groups = {}
+    for t in range(T):
+        ranks = [e * T + t for e in range(W)]
+        hnd = tr.new_group(ranks)
+        if rank in ranks:
+            groups[f"ep{t}"] = torch_npu._standin_group(hnd, ranks, "ep") if use_npu else hnd
+    if T > 1:
+        for e in range(W):
+            ranks = [e * T + t for t in range(T)]
+            hnd = tr.new_group(ranks)
+            if rank in ranks:
+                groups[f"tp{e}"] = torch_npu._standin_group(hnd, ranks, "tp") if use_npu else hnd
+    ctx = RankContext(rank=rank, world_size=W * T, device="cpu", ep_group=f"ep{rank % T}",
+                      tp_group=f"tp{rank // T}" if T > 1 else "", groups=groups, env={"HCCL_BUFFSIZE": "200"},
+                      product=p.product, transport=tr)
+    torch_npu._standin_set_context(ctx)
+    backend = NpuBackend() if use_npu else SimBackend()
+    return run_case_on_rank(ctx, backend, {"case": case_dict})
+
+
+def _outcome_of(fn):
+    from moe_cts.model import AclnnError, BindingError
+    try:
+        return ("ok", fn())
+    except AclnnError as exc:
+        return ("aclnn", exc.status)
+    except BindingError as exc:
+        return ("binding", exc.code)
+    except Exception as exc:  # noqa: BLE001
+        return ("raw", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _same_results(a, b, path="") -> str | None:
+    import numpy as np
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            if k == "timings":
+                continue
+            d = _same_results(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} vs {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _same_results(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{path}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+        return None if np.array_equal(a.view(np.uint8), b.view(np.uint8)) else f"{path}: values differ"
+    return None if a == b else f"{path}: {a!r} vs {b!r}"
+
+
+_ROW_DEFINED = ("expand_x", "dynamic_scales", "expand_scales")  # rows past the valid count are undefined
+_EXACT = ("expert_token_nums", "ep_recv_counts", "tp_recv_counts")
+
+
+def _same_case_results(a_ranks, b_ranks) -> str | None:
+    """Per rank: the defined part of every dispatch output (assist_info's padding is undefined and skipped),
+    and every combine output, bit for bit."""
+    for r, (a, b) in enumerate(zip(a_ranks, b_ranks)):
+        valid = a.get("expert_out_rows")
+        if valid != b.get("expert_out_rows"):
+            return f"rank {r}: valid rows {valid} vs {b.get('expert_out_rows')}"
+        for i, (ra, rb) in enumerate(zip(a["runs"], b["runs"])):
+            da, db = ra["dispatch"], rb["dispatch"]
+            for name in _EXACT:
+                d = _same_results(da[name], db[name], f"rank {r} run {i} {name}")
+                if d:
+                    return d
+            for name in _ROW_DEFINED:
+                n = valid if valid is not None else len(da[name])
+                x, y = da[name], db[name]
+                if x.shape != y.shape or x.dtype != y.dtype:
+                    return f"rank {r} {name}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
+                d = _same_results(x[:n], y[:n], f"rank {r} run {i} {name}[:{n}]")
+                if d:
+                    return d
+        d = _same_results(a.get("combine"), b.get("combine"), f"rank {r} combine")
+        if d:
+            return d
+    return None
+
+
+def run_suite(max_world: int, max_h: int, limit: int):
+    """Each small A3 case of the suite's generator, run by the suite's own runner twice: on sim directly,
+    and on NpuBackend -> stand-in torch_npu (real schema) -> sim. Results and errors must agree."""
+    import torch_npu
+    from moe_cts.backends.transport import LoopbackWorld
+    from moe_cts.cases import _unreachable_through_torch_npu, generate
+
+    cases = [c for c in generate() if c.params.world_size <= max_world and c.params.h <= max_h][:limit]
+    out = {}
+    torch_npu._standin_configure()  # sim with its parameter checks, as the suite runs it
+    for c in cases:
+        d = c.to_dict()
+        n = c.params.world_size
+        torch_npu._standin_reset()
+        sim = _outcome_of(lambda: LoopbackWorld(n, timeout_s=30).run(_suite_rank, d, False))
+        npu = _outcome_of(lambda: LoopbackWorld(n, timeout_s=30).run(_suite_rank, d, True))
+        diff = None
+        if sim[0] != npu[0]:
+            diff = f"sim {sim[0]} {sim[1] if sim[0] != 'ok' else ''} vs npu {npu[0]} {npu[1] if npu[0] != 'ok' else ''}"
+        elif sim[0] == "ok":
+            diff = _same_case_results(sim[1], npu[1])
+        elif sim[0] == "aclnn" and sim[1] != npu[1]:
+            diff = f"status {sim[1]} vs {npu[1]}"
+        out[c.id] = dict(legal=c.legal, sim=sim[0] if sim[0] == "ok" else list(sim),
+                         npu=npu[0] if npu[0] == "ok" else list(npu), diff=diff,
+                         unreachable=_unreachable_through_torch_npu(c.overrides_dict()),
+                         log=list(torch_npu._standin_log))
+    return out
 
 
 if __name__ == "__main__":
