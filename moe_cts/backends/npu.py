@@ -235,8 +235,9 @@ class NpuBackend:
     def __init__(self, check_task_queue: bool = True, **options: Any):
         self.check_task_queue = bool(check_task_queue)
         self.options = dict(options)
-        # (group key, id(pg)) -> (hccl comm name, HCCL_BUFFSIZE in force when the comm was created)
-        self._names: dict[tuple[str, int], tuple[str, str | None]] = {}
+        # (group key, id(pg)) -> (hccl comm name, HCCL_BUFFSIZE in force when the comm was created, pg);
+        # the pg is kept so that its id cannot be reused by another group while cached
+        self._names: dict[tuple[str, int], tuple[str, str | None, Any]] = {}
         self._env_checked = False
 
     # ---- world hooks ------------------------------------------------------------------------
@@ -286,7 +287,7 @@ class NpuBackend:
         want = (ctx.env or {}).get("HCCL_BUFFSIZE")
         hit = self._names.get(key)
         if hit is not None:
-            comm, made_with = hit
+            comm, made_with, _ = hit
             if want is not None and made_with is not None and str(want) != made_with:
                 raise RuntimeError(
                     f"group {name!r}: its HCCL communicator was created with HCCL_BUFFSIZE={made_with}, "
@@ -296,7 +297,7 @@ class NpuBackend:
         _torch_npu()
         backend = pg._get_backend(_npu_device())
         comm = backend.get_hccl_comm_name(ctx.rank)  # the GLOBAL rank, as torch_npu's doc requires
-        self._names[key] = (comm, os.environ.get("HCCL_BUFFSIZE"))
+        self._names[key] = (comm, os.environ.get("HCCL_BUFFSIZE"), pg)
         return comm
 
     @staticmethod
