@@ -210,6 +210,12 @@ def test_standin_needs_opt_in():
     assert out.startswith("(False, 'torch_npu not importable: the moe-cts stand-in"), out
 
 
+def test_no_devices_reason():
+    code = ("import os; os.environ['MOE_CTS_STANDIN_DEVICES'] = '0'\n"
+            "from moe_cts.backends.npu import npu_available; print(npu_available())")
+    assert _probe(code, "1") == "(False, 'no NPU devices')"
+
+
 def test_no_torch_npu_here_means_skip_not_error():
     """In this process torch_npu is absent: a skip reason, and importing the backend imports nothing."""
     import moe_cts.backends.npu as npu
