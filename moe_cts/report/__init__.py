@@ -1,6 +1,12 @@
 """Reports: the Allure 3 single-file HTML report (npm `allure`, pinned in reports/package.json) and a
 status summary read straight from the allure-results (the quality gate is done here, in Python:
-Allure 3's own quality-gate needs node 22)."""
+Allure 3's own quality-gate needs node 22).
+
+The report uses reports/allurerc.mjs (categories from reports/categories.json) and keeps run history in
+reports/history/history.jsonl (``history``), outside allure-results, so nightly trends survive
+``make run``'s clean. Companion pieces: ``pytest_hooks`` (steps, heatmaps, stack dumps, baseline records),
+``heatmap`` (wrong rows per rank x local expert), ``commands`` (moe-cts baseline / qualify / perf).
+"""
 from __future__ import annotations
 
 import json
@@ -49,14 +55,45 @@ def allure_cli() -> list[str]:
     return [str(exe)]
 
 
-def generate_html(results: Path, out: Path, *, name: str = "moe-cts") -> Path:
-    """Write the single-file HTML report (opens from file://) and return its path."""
+HISTORY = REPORTS / "history" / "history.jsonl"
+CONFIG = REPORTS / "allurerc.mjs"
+
+
+def generate_html(results: Path, out: Path, *, name: str = "moe-cts", history: Path | None = HISTORY) -> Path:
+    """Write the single-file HTML report (opens from file://) and return its path.
+
+    ``history``: the Allure history file to read and append to (None: no history)."""
     results, out = Path(results), Path(out)
     summarize(results)  # validates the folder first: one clear line instead of a node stack trace
     cmd = allure_cli() + ["awesome", str(results), "-o", str(out), "--single-file", "--report-name", name]
+    if CONFIG.exists():
+        cmd += ["--config", str(CONFIG)]
+    if history is not None:
+        Path(history).parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--history-path", str(Path(history).resolve())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     index = out / "index.html"
     if proc.returncode != 0 or not index.exists():
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         raise ReportError(f"allure awesome failed ({proc.returncode}): {last[0][:200]}")
     return index
+
+
+def phase(title: str):
+    """An Allure step for one phase of a case (inputs, dispatch, combine, compare); a no-op without allure.
+
+    ``with report.phase("dispatch"): ...`` in moe_cts.suite replaces the wrapping pytest_hooks does today."""
+    try:
+        import allure
+
+        return allure.step(title)
+    except Exception:  # noqa: BLE001
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def gate(results: Path) -> int:
+    """Quality gate from allure-results: 1 when anything failed or broke, else 0."""
+    c = summarize(results)
+    return 1 if c.get("failed", 0) or c.get("broken", 0) else 0

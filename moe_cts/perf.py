@@ -1,0 +1,347 @@
+"""Performance mode: timed dispatch / combine next to a bare all-to-all of the same bytes, slow-rank analysis.
+
+Method (nccl-tests / pplx bench pattern): per case, ``warmup`` untimed iterations, then ``iters`` timed
+ones, each started from a barrier of the EP group; device events where the backend's device has them
+(cuda / npu), host ``perf_counter`` after a synchronise otherwise (sim on CPU). Per iteration the op's
+latency is the slowest rank's; the reported latency is the median over iterations. Algorithmic
+bandwidth = bytes moved by all ranks / latency. In the same world, right after the op, a bare
+``all_to_all_single`` of the same per-rank bytes is timed the same way: ``ratio`` = op bandwidth /
+bare all-to-all bandwidth is the number to compare across runs (absolute times are not).
+
+Slow-rank analysis (DeepXTrace's ``diagnose_matrix``): every rank's performance_info vector (cumulative
+wait for tokens from each source rank) is stacked into a matrix ``M[dst, src]``; a column whose mean is
+more than 3.0x the grand mean is a slow source rank, a row likewise (3.0) a slow receiver, a cell more
+than 5.0x the mean (outside flagged rows/columns) a slow path.
+
+Fault injection: :class:`SlowRankBackend` wraps any backend and sleeps ``delay_s`` on one rank before
+dispatch. The sim backend adds the same elapsed time to every entry of performance_info (it cannot
+tell sources apart inside one gloo all_to_all), so the wrapper also records what the kernel records
+per source: after the injected delay, every rank stamps its arrival (one all_gather of wall-clock ns
+in the EP group, one host) and adds ``max(0, arrival[src] - arrival[me])`` to entry ``src``. On NPUs the
+kernel fills these entries itself; the wrapper's attribution is for backends without it (``attribute``).
+Load it as ``--backend moe_cts.perf:slow_factory`` with MOE_CTS_SLOW_RANK / MOE_CTS_SLOW_DELAY_S.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+JOB = "moe_cts.perf:perf_job"
+THRES_COL, THRES_ROW, THRES_POINT = 3.0, 3.0, 5.0
+
+
+# ----------------------------------------------------------------------------------------- analysis
+def diagnose(matrix, thres_col: float = THRES_COL, thres_row: float = THRES_ROW,
+             thres_point: float = THRES_POINT) -> dict:
+    """DeepXTrace diagnose_matrix on ``M[dst, src]``: abnormal columns (slow sources), rows, cells."""
+    m = np.asarray(matrix, dtype=np.float64)
+    out = {"abnormal_cols": [], "abnormal_rows": [], "abnormal_points": []}
+    if m.size == 0:
+        return out
+    mean = float(m.mean())
+    if mean <= 0:
+        return out
+    for j, v in enumerate(m.mean(axis=0)):
+        if v / mean > thres_col:
+            out["abnormal_cols"].append([j, float(v), float(v / mean)])
+    for i, v in enumerate(m.mean(axis=1)):
+        if v / mean > thres_row:
+            out["abnormal_rows"].append([i, float(v), float(v / mean)])
+    cols = {c[0] for c in out["abnormal_cols"]}
+    rows = {r[0] for r in out["abnormal_rows"]}
+    for i, j in zip(*np.nonzero(m / mean > thres_point)):
+        if int(i) not in rows and int(j) not in cols:
+            out["abnormal_points"].append([int(i), int(j), float(m[i, j]), float(m[i, j] / mean)])
+    return out
+
+
+def slow_ranks(diag: dict) -> list[int]:
+    return [int(c[0]) for c in diag.get("abnormal_cols", [])]
+
+
+# ----------------------------------------------------------------------------------------- fault injection
+class SlowRankBackend:
+    """Any backend, with ``delay_s`` of sleep on global rank ``rank`` before every dispatch."""
+
+    def __init__(self, inner, rank: int, delay_s: float, attribute: bool = True):
+        self.inner = inner
+        self.rank = int(rank)
+        self.delay_s = float(delay_s)
+        self.attribute = attribute
+        self.name = f"{getattr(inner, 'name', 'backend')}+slow-rank{self.rank}"
+
+    def dispatch(self, ctx, **kw):
+        if ctx.rank == self.rank and self.delay_s > 0:
+            time.sleep(self.delay_s)
+        perf = kw.get("performance_info")
+        if perf is not None and self.attribute and ctx.transport is not None:
+            import torch
+
+            group = ctx.groups.get(kw["group_ep"])
+            W = int(kw["ep_world_size"])
+            stamps = [torch.zeros(1, dtype=torch.int64) for _ in range(W)]
+            ctx.transport.all_gather(stamps, torch.tensor([time.time_ns()], dtype=torch.int64), group)
+            arr = torch.cat(stamps)
+            me = int(kw["ep_rank_id"])
+            late = torch.clamp(arr - arr[me], min=0).to(perf.device)
+            out = self.inner.dispatch(ctx, **kw)
+            perf.add_(late[: perf.numel()])
+            return out
+        return self.inner.dispatch(ctx, **kw)
+
+    def combine(self, ctx, **kw):
+        return self.inner.combine(ctx, **kw)
+
+    def combine_add_rms_norm(self, ctx, **kw):
+        return self.inner.combine_add_rms_norm(ctx, **kw)
+
+
+def slow_factory(**options):
+    """``--backend moe_cts.perf:slow_factory``: sim (or MOE_CTS_SLOW_INNER) slowed on MOE_CTS_SLOW_RANK."""
+    from moe_cts.backends.base import load_backend
+
+    inner = load_backend(os.environ.get("MOE_CTS_SLOW_INNER", "sim"), **options)
+    return SlowRankBackend(inner, int(os.environ.get("MOE_CTS_SLOW_RANK", "1")),
+                           float(os.environ.get("MOE_CTS_SLOW_DELAY_S", "0.05")))
+
+
+# ----------------------------------------------------------------------------------------- the world job
+class _Timer:
+    """Device events where the device has them, host perf_counter after a synchronise otherwise."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.kind, self.mod = "host", None
+        if device.startswith("cuda") and torch.cuda.is_available():
+            self.kind, self.mod = "events", torch.cuda
+        elif device.startswith("npu") and hasattr(torch, "npu"):
+            self.kind, self.mod = "events", torch.npu
+
+    def time(self, fn):
+        if self.mod is not None:
+            a, b = self.mod.Event(enable_timing=True), self.mod.Event(enable_timing=True)
+            a.record()
+            r = fn()
+            b.record()
+            b.synchronize()
+            return r, a.elapsed_time(b) / 1e3
+        t0 = time.perf_counter()
+        r = fn()
+        return r, time.perf_counter() - t0
+
+
+def perf_job(ctx, backend, payload: dict) -> dict:
+    """World job: payload {"case": Case.to_dict(), "warmup": int, "iters": int, "perf_info": bool,
+    "slow": {"rank": R, "delay_s": d} | None}."""
+    import torch
+
+    from moe_cts.cases import Case
+    from moe_cts.experts import apply_experts
+    from moe_cts.inputs import rank_inputs
+    from moe_cts.runner import combine_kwargs, dispatch_kwargs, to_numpy, valid_rows_from
+
+    case = Case.from_dict(payload["case"])
+    p = case.params.replace(performance_info=bool(payload.get("perf_info")))
+    slow = payload.get("slow")
+    if slow:
+        backend = SlowRankBackend(backend, slow["rank"], slow["delay_s"])
+    env = dict(ctx.env)
+    env.update(case.env_dict())
+    ctx.env = env
+    inp = rank_inputs(p, case.seed, ctx.rank, case.routing)
+    tr, group = ctx.transport, ctx.groups.get(ctx.ep_group)
+    timer = _Timer(ctx.device)
+    W = p.ep_world_size
+    perf = torch.zeros(W, dtype=torch.int64, device=ctx.device) if p.performance_info else None
+
+    def one(timed: bool):
+        kw = dispatch_kwargs(p, inp, ctx)
+        if perf is not None:
+            kw["performance_info"] = perf if timed else torch.zeros_like(perf)
+        tr.barrier(group)
+        d, td = timer.time(lambda: backend.dispatch(ctx, **kw))
+        out = {n: to_numpy(t) for n, t in zip(("expand_x", "dynamic_scales", "a", "expert_token_nums"), d[:4])}
+        valid = valid_rows_from(p, out["expert_token_nums"])
+        eo = apply_experts(p, ctx.rank, out["expand_x"], out["dynamic_scales"], out["expert_token_nums"], valid)
+        ckw = combine_kwargs(p, inp, ctx, d, eo)
+        tr.barrier(group)
+        if p.combine_kind == "add_rms_norm":
+            _, tc = timer.time(lambda: backend.combine_add_rms_norm(ctx, **ckw))
+        else:
+            _, tc = timer.time(lambda: backend.combine(ctx, **ckw))
+        return td, tc, valid, out
+
+    for _ in range(int(payload.get("warmup", 2))):
+        one(False)
+    res: dict[str, Any] = {"rank": ctx.rank, "dispatch_s": [], "combine_s": [], "timer": timer.kind}
+    valid, out = 0, None
+    for _ in range(int(payload.get("iters", 5))):
+        td, tc, valid, out = one(True)
+        res["dispatch_s"].append(td)
+        res["combine_s"].append(tc)
+    # bytes this rank receives in dispatch and sends back in combine (the valid rows; sim on CPU moves
+    # exactly these, a kernel moves these plus fixed-size headers)
+    ex = np.asarray(out["expand_x"])
+    row_d = ex.dtype.itemsize * p.h + (4 if p.quant_mode == 2 else 0)
+    xbytes = 2  # x is bfloat16 or float16
+    res["dispatch_bytes"] = int(valid * row_d)
+    res["combine_bytes"] = int(valid * p.h * xbytes)
+    # the bare all-to-all of the same bytes, same world, same timer
+    for what in ("dispatch", "combine"):
+        mine = torch.tensor([res[f"{what}_bytes"]], dtype=torch.int64)
+        allb = [torch.zeros(1, dtype=torch.int64) for _ in range(W)]
+        tr.all_gather(allb, mine, group)
+        allb = [int(t.item()) for t in allb]
+        me = p.ep_rank(ctx.rank)
+        send = [allb[me] // W + (1 if s < allb[me] % W else 0) for s in range(W)]
+        recv = [allb[s] // W + (1 if me < allb[s] % W else 0) for s in range(W)]
+        src = torch.ones(sum(send), dtype=torch.uint8, device=ctx.device)
+        dst = torch.empty(sum(recv), dtype=torch.uint8, device=ctx.device)
+        for _ in range(int(payload.get("warmup", 2))):
+            tr.all_to_all_single(dst, src, recv, send, group)
+        ts = []
+        for _ in range(int(payload.get("iters", 5))):
+            tr.barrier(group)
+            _, t = timer.time(lambda: tr.all_to_all_single(dst, src, recv, send, group))
+            ts.append(t)
+        res[f"a2a_{what}_s"] = ts
+    res["performance_info"] = None if perf is None else to_numpy(perf).tolist()
+    return res
+
+
+# ----------------------------------------------------------------------------------------- parent side
+def _lat(per_rank: list[list[float]]) -> float:
+    """Median over iterations of the slowest rank."""
+    return float(statistics.median(max(col) for col in zip(*per_rank)))
+
+
+def summarize(case, values: list[dict]) -> dict:
+    """One perf record from every rank's perf_job result."""
+    rec: dict[str, Any] = {"case": case.id, "world_size": case.params.world_size, "h": case.params.h,
+                           "bs": case.params.bs, "k": case.params.k, "timer": values[0]["timer"],
+                           "iters": len(values[0]["dispatch_s"])}
+    for what in ("dispatch", "combine"):
+        total = sum(v[f"{what}_bytes"] for v in values)
+        lat = _lat([v[f"{what}_s"] for v in values])
+        a2a = _lat([v[f"a2a_{what}_s"] for v in values])
+        rec[what] = {"bytes": total, "latency_s": lat, "algbw_GBps": total / lat / 1e9 if lat > 0 else 0.0,
+                     "alltoall_latency_s": a2a, "alltoall_algbw_GBps": total / a2a / 1e9 if a2a > 0 else 0.0,
+                     "ratio": (a2a / lat) if lat > 0 else 0.0}
+    infos = [v.get("performance_info") for v in values]
+    if all(i is not None for i in infos) and infos:
+        W = case.params.ep_world_size
+        m = np.asarray(infos[:W], dtype=np.float64)  # M[dst, src]: rank dst's wait for tokens from src
+        rec["perf_matrix"] = m.tolist()
+        rec["diagnosis"] = diagnose(m)
+        rec["slow_ranks"] = slow_ranks(rec["diagnosis"])
+    return rec
+
+
+def perf_info_allowed(case) -> bool:
+    from moe_cts.cases import checked_violations
+
+    return not checked_violations(case.params.replace(performance_info=True), profile=case.profile)
+
+
+def run(st, case, *, warmup: int = 2, iters: int = 5, slow: dict | None = None, deadline_s: float | None = None) -> dict:
+    """Run perf_job for ``case`` on the session's world pool; returns the summary record."""
+    p = case.params
+    outcomes = st.pool.run(p.world_size, JOB, {"case": case.to_dict(), "warmup": warmup, "iters": iters,
+                                                "perf_info": perf_info_allowed(case), "slow": slow},
+                           layout=(p.ep_world_size, p.tp), product=p.product,
+                           deadline_s=deadline_s or st.deadline())
+    errs = [o for o in outcomes if o.error is not None]
+    if errs:
+        raise RuntimeError(f"perf {case.id}: rank {errs[0].rank} failed: {errs[0].error}")
+    rec = summarize(case, [o.value for o in sorted(outcomes, key=lambda o: o.rank)])
+    rec["backend"] = st.backend_spec
+    rec["slow"] = slow
+    return rec
+
+
+def text(rec: dict) -> str:
+    lines = [f"perf {rec['case']} ({rec['timer']} timer, {rec['iters']} iterations, backend {rec.get('backend')})"]
+    for what in ("dispatch", "combine"):
+        r = rec[what]
+        lines.append(f"  {what:8s} {r['latency_s'] * 1e6:10.1f} us  {r['algbw_GBps']:8.3f} GB/s  "
+                     f"| bare all_to_all {r['alltoall_latency_s'] * 1e6:10.1f} us  {r['alltoall_algbw_GBps']:8.3f} GB/s"
+                     f"  | ratio {r['ratio']:.3f}  ({r['bytes']} B)")
+    if "diagnosis" in rec:
+        d = rec["diagnosis"]
+        lines.append(f"  slow-rank analysis (thresholds {THRES_COL}/{THRES_ROW}/{THRES_POINT}): "
+                     f"abnormal cols {[c[0] for c in d['abnormal_cols']]}, rows {[r[0] for r in d['abnormal_rows']]}, "
+                     f"points {[(p[0], p[1]) for p in d['abnormal_points']]}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- plots
+def plot_bandwidth(records: list[dict], out_png) -> str | None:
+    """Algorithmic bandwidth against message size, one line per (backend, op) plus the bare all-to-all."""
+    recs = [r for r in records if r.get("dispatch")]
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("dispatch", "combine")):
+        by_backend: dict[str, list] = {}
+        for r in recs:
+            if r.get("slow"):
+                continue
+            by_backend.setdefault(r.get("backend") or "?", []).append(r)
+        for be, rs in sorted(by_backend.items()):
+            rs = sorted(rs, key=lambda r: r[what]["bytes"])
+            xs = [r[what]["bytes"] for r in rs]
+            ax.plot(xs, [r[what]["algbw_GBps"] for r in rs], "o-", label=f"{be} {what}")
+            ax.plot(xs, [r[what]["alltoall_algbw_GBps"] for r in rs], "x--", label=f"{be} bare all_to_all")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes moved (all ranks)")
+        ax.set_ylabel("algorithmic bandwidth (GB/s)")
+        ax.set_title(what)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return str(out_png)
+
+
+def perf_cases(profile: str = "v4-doc", product: str | None = None) -> list:
+    """The perf sweep: each product's base case at several hidden sizes (legal ones only)."""
+    from moe_cts.cases import BASES, Case, checked_violations, stable_seed
+
+    out = []
+    for prod, base in sorted(BASES.items()):
+        if product and prod != product:
+            continue
+        for bs, h in ((base.bs, 1024), (base.bs, 4096), (base.bs, 7168), (8 * base.bs, 4096), (8 * base.bs, 7168)):
+            p = base.replace(h=h, bs=bs)
+            if checked_violations(p, profile=profile):
+                continue
+            cid = f"{prod}-perf-W{p.world_size}-bs{bs}-k{p.k}-h{h}"
+            out.append(Case(id=cid, params=p, tier="full", kind="perf", feature="perf", seed=stable_seed(cid),
+                            profile=profile))
+    return out
+
+
+def slow_case(profile: str = "v4-doc"):
+    """The fault-injection case: the first product whose profile takes performance_info."""
+    from moe_cts.cases import BASES, Case, stable_seed
+
+    for prod in ("A3", "A2"):
+        base = BASES[prod]
+        if prod == "A3":  # 8 ranks: a slow column stands out of the 3.0x threshold with room (W=4 caps it at 4x)
+            base = base.replace(ep_world_size=8, moe_expert_num=16)
+        cid = f"{prod}-perf-slowrank-W{base.world_size}"
+        c = Case(id=cid, params=base, tier="full", kind="perf", feature="slow-rank", seed=stable_seed(cid), profile=profile)
+        if perf_info_allowed(c):
+            return c
+    return None
