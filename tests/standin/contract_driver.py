@@ -243,9 +243,10 @@ def main(argv):
     import torch_npu
     if not getattr(torch_npu, "_MOE_CTS_STANDIN", False):
         raise SystemExit(f"contract_driver: imported a real torch_npu ({torch_npu.__file__}), refusing")
-    if argv[:1] == ["--suite"]:  # --suite MAX_WORLD MAX_H LIMIT
+    if argv[:1] == ["--suite"]:  # --suite MAX_WORLD MAX_H LIMIT [PRODUCTS,...]
         mw, mh, lim = (int(v) for v in (argv[1:4] + ["4", "2048", "1000"][len(argv[1:4]):]))
-        print(json.dumps({"suite": run_suite(mw, mh, lim)}, default=str))
+        prods = tuple(argv[4].split(",")) if len(argv) > 4 else ("A2", "A3")
+        print(json.dumps({"suite": run_suite(mw, mh, lim, prods)}, default=str))
         return
     extra = {}
     from moe_cts.backends.npu import npu_available, NpuBackend
@@ -373,14 +374,15 @@ def _same_case_results(a_ranks, b_ranks) -> str | None:
     return None
 
 
-def run_suite(max_world: int, max_h: int, limit: int):
+def run_suite(max_world: int, max_h: int, limit: int, products: tuple[str, ...] = ("A2", "A3")):
     """Each small A3 case of the suite's generator, run by the suite's own runner twice: on sim directly,
     and on NpuBackend -> stand-in torch_npu (real schema) -> sim. Results and errors must agree."""
     import torch_npu
     from moe_cts.backends.transport import LoopbackWorld
     from moe_cts.cases import _unreachable_through_torch_npu, generate
 
-    cases = [c for c in generate() if c.params.world_size <= max_world and c.params.h <= max_h][:limit]
+    cases = [c for c in generate() if c.params.world_size <= max_world and c.params.h <= max_h
+             and c.params.product in products][:limit]
     out = {}
     torch_npu._standin_configure()  # sim with its parameter checks, as the suite runs it
     for c in cases:
