@@ -9,6 +9,7 @@ import sys
 COMMAND_MODULES = (
     "moe_cts.spec.check_cli",  # check
     "moe_cts.commands",  # list, coverage, golden
+    "moe_cts.report.commands",  # baseline capture, qualify, perf
     "moe_cts.mutate",
 )
 
