@@ -15,6 +15,18 @@ BIG = dict(product="A3", ep_world_size=256, moe_expert_num=1024, bs=512, h=7168,
 WORLD16 = dict(product="A3", ep_world_size=16, moe_expert_num=64, bs=256, h=7168, k=8, x_dtype="bfloat16")
 
 
+def _timed(fn, reps):
+    """min over reps of (wall, cpu) seconds."""
+    best_w = best_c = 1e9
+    out = None
+    for _ in range(reps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best_w = min(best_w, time.perf_counter() - w0)
+        best_c = min(best_c, time.process_time() - c0)
+    return out, best_w, best_c
+
+
 def _child(kind: str, extra: dict) -> dict:
     import resource
 
@@ -29,38 +41,27 @@ def _child(kind: str, extra: dict) -> dict:
 
         p = OpParams(**{**BIG, **extra})
         R.dispatch_rank(p, 0, 3)  # warm the value pool (per seed/h/dtype), not timed
-        cold = 1e9
-        for seed in (1, 2, 3):  # first rank of a case: routing of all 256 sources generated
-            R._GROUP_CACHE.clear()
-            t0 = time.perf_counter()
-            out = R.dispatch_rank(p, seed, 77)
-            cold = min(cold, time.perf_counter() - t0)
-        best = 1e9
-        for r in (78, 79, 80):  # further ranks of the same case: routing cached
-            t0 = time.perf_counter()
-            out = R.dispatch_rank(p, 3, r)
-            best = min(best, time.perf_counter() - t0)
-        res["cold_seconds"] = cold
+        seeds = iter(range(1, 100))
+
+        def cold_call():
+            R._GROUP_CACHE.clear()  # first rank of a case: routing of all 256 sources generated
+            return R.dispatch_rank(p, next(seeds), 77)
+
+        out, cold_w, cold_c = _timed(cold_call, 3)
+        R.dispatch_rank(p, 1000, 5)
+        ranks = iter(range(6, 100))
+        out, warm_w, warm_c = _timed(lambda: R.dispatch_rank(p, 1000, next(ranks)), 3)
         n = out["valid_rows"]
-        res.update(seconds=best, valid_rows=n, out_bytes=int(out["expand_x"][:n].nbytes))
+        res.update(cold=(cold_w, cold_c), warm=(warm_w, warm_c), valid_rows=n, out_bytes=int(out["expand_x"][:n].nbytes))
         # bare numpy gather of the same output bytes, same process
-        src = np.zeros((p.bs * 16, p.h), out["expand_x"].dtype)
-        src[:] = 1
+        src = np.ones((p.bs * 16, p.h), out["expand_x"].dtype)
         idx = np.random.default_rng(0).integers(0, len(src), n)
-        g = 1e9
-        for _ in range(5):
-            t0 = time.perf_counter()
-            _ = src[idx]
-            g = min(g, time.perf_counter() - t0)
-        res["gather_seconds"] = g
-        # the same rows gathered from bf16 inputs (what a quantising dispatch must at least read)
+        _, gw, gc = _timed(lambda: src[idx], 5)
+        res["gather"] = (gw, gc)
+        # the same rows gathered from 16-bit inputs (what a quantising dispatch must at least read)
         src16 = np.ones((p.bs * 16, p.h), np.float16)
-        g2 = 1e9
-        for _ in range(5):
-            t0 = time.perf_counter()
-            _ = src16[idx]
-            g2 = min(g2, time.perf_counter() - t0)
-        res["gather16_seconds"] = g2
+        _, gw, gc = _timed(lambda: src16[idx], 5)
+        res["gather16"] = (gw, gc)
     elif kind == "world":
         from moe_cts import reference as R
         from moe_cts.inputs import rank_inputs
@@ -69,17 +70,18 @@ def _child(kind: str, extra: dict) -> dict:
         t0 = time.perf_counter()
         ins = [rank_inputs(p, 1, g) for g in range(p.world_size)]
         res["inputs_seconds"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         d = R.dispatch(p, ins)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         from moe_cts.experts import apply_experts
 
         eo = [apply_experts(p, g, o["expand_x"], o["dynamic_scales"], o["expert_token_nums"], o["valid_rows"])
               for g, o in enumerate(d)]
-        t1b = time.perf_counter()
+        t1b, c1b = time.perf_counter(), time.process_time()
         R.combine(p, ins, eo)
-        t2 = time.perf_counter()
-        res.update(dispatch_seconds=t1 - t0, experts_seconds=t1b - t1, combine_seconds=t2 - t1b, seconds=(t1 - t0) + (t2 - t1b))
+        t2, c2 = time.perf_counter(), time.process_time()
+        res.update(dispatch_seconds=t1 - t0, experts_seconds=t1b - t1, combine_seconds=t2 - t1b,
+                   seconds=(t1 - t0) + (t2 - t1b), cpu_seconds=(c1 - c0) + (c2 - c1b))
     res["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - 0 * rss0) / 1024
     return res
 
@@ -102,14 +104,16 @@ def main() -> None:
             continue
         d = json.loads(r.stdout.strip().splitlines()[-1])
         if kind == "rank":
-            print(f"{name}: first rank of a case {d['cold_seconds']*1e3:.0f} ms, further ranks {d['seconds']*1e3:.0f} ms, valid_rows {d['valid_rows']} ({d['out_bytes']/2**20:.1f} MiB), "
-                  f"bare gather of the output bytes {d['gather_seconds']*1e3:.1f} ms -> {d['cold_seconds']/d['gather_seconds']:.1f}x / {d['seconds']/d['gather_seconds']:.1f}x "
-                  f"(of the 16-bit input rows {d['gather16_seconds']*1e3:.1f} ms -> {d['cold_seconds']/d['gather16_seconds']:.1f}x / {d['seconds']/d['gather16_seconds']:.1f}x), "
-                  f"peak RSS {d['peak_rss_mb']:.0f} MiB")
+            ms = lambda v: f"{v[0]*1e3:.0f} ms wall / {v[1]*1e3:.0f} ms cpu"
+            print(f"{name}: valid_rows {d['valid_rows']} ({d['out_bytes']/2**20:.1f} MiB), peak RSS {d['peak_rss_mb']:.0f} MiB\n"
+                  f"    first rank of a case {ms(d['cold'])}; further ranks {ms(d['warm'])}\n"
+                  f"    bare gather of the output bytes {ms(d['gather'])}; of the 16-bit input rows {ms(d['gather16'])}\n"
+                  f"    ratio (cpu) first/further vs output gather {d['cold'][1]/d['gather'][1]:.1f}x / {d['warm'][1]/d['gather'][1]:.1f}x;"
+                  f" vs 16-bit gather {d['cold'][1]/d['gather16'][1]:.1f}x / {d['warm'][1]/d['gather16'][1]:.1f}x")
         else:
             print(f"{name}: dispatch {d['dispatch_seconds']*1e3:.0f} ms + combine {d['combine_seconds']*1e3:.0f} ms = "
-                  f"{d['seconds']*1e3:.0f} ms (not counted: inputs {d['inputs_seconds']*1e3:.0f} ms, expert function "
-                  f"{d['experts_seconds']*1e3:.0f} ms), peak RSS {d['peak_rss_mb']:.0f} MiB")
+                  f"{d['seconds']*1e3:.0f} ms wall, {d['cpu_seconds']*1e3:.0f} ms cpu (not counted: inputs {d['inputs_seconds']*1e3:.0f} ms, "
+                  f"expert function {d['experts_seconds']*1e3:.0f} ms), peak RSS {d['peak_rss_mb']:.0f} MiB")
 
 
 if __name__ == "__main__":

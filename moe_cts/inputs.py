@@ -160,17 +160,14 @@ def decode_tag_quant(int8_row: np.ndarray, scale) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- routing
-def _distinct(bits: np.ndarray, n_pool: int) -> np.ndarray:
-    """Per row, K distinct indices in [0, n_pool) (K = bits.shape[-1] <= n_pool), in draw order.
+def _distinct_kfirst(bt: np.ndarray, n_pool: int) -> np.ndarray:
+    """(K, n) random bits -> (K, n) indices in [0, n_pool), distinct along axis 0, in draw order.
 
     n_pool >= 4K: independent draws, a repeated value is redrawn from re-hashed bits until none is left.
     Otherwise: exact sequential selection (draw j in [0, n_pool-j), skip the values already taken).
     """
-    shp = bits.shape
-    b = bits.reshape(-1, shp[-1])
-    K = shp[-1]
+    K = bt.shape[0]
     if n_pool >= 4 * K:
-        bt = np.ascontiguousarray(b.T)  # (K, n): contiguous columns
         c = _below(bt, n_pool)
         rnd = 0
         while True:
@@ -180,20 +177,27 @@ def _distinct(bits: np.ndarray, n_pool: int) -> np.ndarray:
                 for i in range(j):
                     rj |= c[i] == cj
             if not redo.any():
-                return np.ascontiguousarray(c.T).reshape(shp)
+                return c
             rnd += 1
             j, r = np.nonzero(redo)
             with np.errstate(over="ignore"):
                 c[j, r] = _below(_mix(bt[j, r] + np.uint64(rnd) * _M1), n_pool)
-    out = np.empty(b.shape, dtype=np.int64)
-    srt = np.empty((b.shape[0], 0), dtype=np.int64)
+    out = np.empty(bt.shape, dtype=np.int64)
+    srt = np.empty((0, bt.shape[1]), dtype=np.int64)
     for j in range(K):
-        c = _below(b[:, j], n_pool - j)
+        c = _below(bt[j], n_pool - j)
         for i in range(j):
-            c = c + (srt[:, i] <= c)
-        out[:, j] = c
-        srt = np.sort(out[:, : j + 1], axis=1)
-    return out.reshape(shp)
+            c = c + (srt[i] <= c)
+        out[j] = c
+        srt = np.sort(out[: j + 1], axis=0)
+    return out
+
+
+def _distinct(bits: np.ndarray, n_pool: int) -> np.ndarray:
+    """Per row, K distinct indices in [0, n_pool) (K = bits.shape[-1] <= n_pool), in draw order."""
+    shp = bits.shape
+    bt = np.ascontiguousarray(bits.reshape(-1, shp[-1]).T)
+    return np.ascontiguousarray(_distinct_kfirst(bt, n_pool).T).reshape(shp)
 
 
 def _moe_pool_empty(params: OpParams) -> np.ndarray:
@@ -226,19 +230,22 @@ def expert_ids_batch(params: OpParams, seed: int, ranks, routing: str = "uniform
     B, K, M = params.bs, params.k, params.moe_expert_num
     nsp = params.special_expert_num
     N = M + nsp
-    keys = _rank_keys(seed, "ids/" + routing, ranks)[:, None, None]
-    tok = np.arange(B, dtype=np.uint64)[None, :, None]
-    jj = np.arange(K + 2, dtype=np.uint64)[None, None, :]
-    bits = _bits(keys, tok * np.uint64(K + 2) + jj)  # (R, B, K+2)
-    b_a, b_x = bits[..., :K], bits[..., K:]
-    b_b = (b_a << np.uint64(32)) | (b_a >> np.uint64(32))  # the other 32 bits
+    R = len(ranks)
+    keys = _rank_keys(seed, "ids/" + routing, ranks)[None, :, None]
+    tok = np.arange(B, dtype=np.uint64)[None, None, :]
+    jj = np.arange(K + 2, dtype=np.uint64)[:, None, None]
+    bits_t = _bits(keys, tok * np.uint64(K + 2) + jj)  # (K+2, R, B): counter of (token, j) as before
     if routing == "shared_only" and nsp < K:
         routing = "special_heavy"
     if routing == "special_heavy" and nsp == 0:
         routing = "uniform"
     if routing == "uniform" or (routing == "hot_expert" and N - 1 < K):
-        ids = _distinct(b_a, N)
-    elif routing == "hot_expert":
+        ids = _distinct_kfirst(bits_t[:K].reshape(K, R * B), N)
+        return ids.T.astype(np.int32).reshape(R, B, K)
+    bits = np.moveaxis(bits_t, 0, -1)  # (R, B, K+2) view
+    b_a, b_x = bits[..., :K], bits[..., K:]
+    b_b = (b_a << np.uint64(32)) | (b_a >> np.uint64(32))  # the other 32 bits
+    if routing == "hot_expert":
         hot = int(_below(_bits(_key(seed, "hot"), 0), M))
         ids = _distinct(b_a, N - 1)
         ids = ids + (ids >= hot)  # skip the hot id
