@@ -136,9 +136,11 @@ def test_error_reaches_suite_typed(contract, sid):
         assert res["code"] == value
 
 
-def test_performance_info_selects_v4(contract):
-    # the stand-in reports the kernel the real op picks on a current CANN; the error text carries it
+def test_error_names_the_kernel_version(contract):
+    # the error text names the aclnn kernel the v2 op really called (V4 on a current CANN), and the
+    # backend keeps it: on hardware this is how a run shows which version answered
     assert contract["scenarios"]["illegal_group_empty"]["api"] == "aclnnMoeDistributeDispatchV4"
+    assert contract["scenarios"]["mut_wrong_output_order"]["api"] == "aclnnMoeDistributeCombineV4"
 
 
 # ------------------------------------------------------------------------------ mutants are caught
