@@ -96,9 +96,12 @@ class Group:
         if sc is not None:
             if isinstance(sc, list):
                 sm = np.stack([sc[s][r] for s, r in zip(pl["s"], pl["srow"])]) if len(pl["s"]) else np.zeros((0, self.g.H), F32)
-            else:
-                sm = sc[pl["srow"]]
-            np.multiply(xf, sm, out=xf)  # fp32 elementwise multiply, RNE
+                np.multiply(xf, sm, out=xf)  # fp32 elementwise multiply, RNE
+            else:  # rows come in runs of one smooth row (one local expert): scale each run in place
+                sr = pl["srow"]
+                cut = np.concatenate([[0], np.flatnonzero(np.diff(sr)) + 1, [len(sr)]])
+                for a, b in zip(cut[:-1], cut[1:]):
+                    np.multiply(xf[a:b], sc[sr[a]], out=xf[a:b])  # fp32 elementwise multiply, RNE
         return dynamic_quant(xf, inplace=True)
 
     def a2_slots(self, s: int) -> np.ndarray:
