@@ -57,6 +57,12 @@ class _State:
         except BackendLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
         self.profile = self.fixture.spec_profile
+        self.unavailable = None  # why this fixture's devices cannot run here (every case is then skipped)
+        if self.backend_spec == "npu":
+            from moe_cts.backends.npu import npu_available
+
+            ok, reason = npu_available()
+            self.unavailable = None if ok else f"npu backend unavailable: {reason}"
         self._pool = None
         self.runs: dict[tuple, object] = {}
         self.refs: dict[str, object] = {}
@@ -119,6 +125,8 @@ def _marks_for(case, st) -> list:
     marks.append(getattr(pytest.mark, case.product.lower()))
     marks.append(getattr(pytest.mark, "legal" if case.legal else "illegal"))
     fx = st.fixture
+    if st.unavailable:
+        marks.append(pytest.mark.skip(reason=st.unavailable))
     if case.product not in fx.products:
         marks.append(pytest.mark.skip(reason=f"fixture {fx.name} serves {list(fx.products)}, case is {case.product}"))
     cap = fx.capacity() if hasattr(fx, "capacity") else None
