@@ -1,0 +1,249 @@
+"""``moe-cts mutate``: run the conformance suite against every mutant backend and say which cases kill it.
+
+A conformance suite is only as good as the defects it catches. For each mutant of the catalogue
+(``tests/mutants``) this runs pytest on ``conformance/`` in a subprocess with
+``--backend tests.mutants.catalogue:<factory>`` (``-x``: the first failing or broken case ends the
+run, so a killed mutant is cheap), reads the junit XML, and prints
+
+    mutant | breaks | killed by | seconds
+
+A mutant whose run has no failed or broken case is a SURVIVOR (named, exit status 1).
+
+Before the mutants, the unmutated backend (``sim``) runs the same selection: a case that already
+fails there proves nothing about a mutant, so it is deselected from the mutant runs and listed.
+
+``--fast`` runs, per mutant, only the cases the catalogue says kill it (the CI subset of
+tests/test_mutants.py) instead of a whole tier.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEADLINE_S = 10.0
+DEFAULT_TIMEOUT_S = 900.0
+
+
+@dataclass
+class Result:
+    id: str
+    breaks: str
+    backend: str
+    killed_by: list[str] = field(default_factory=list)  # node ids that failed or broke
+    broken: list[str] = field(default_factory=list)  # subset of killed_by reported as errors (broken)
+    passed: int = 0
+    seconds: float = 0.0
+    status: str = "survived"  # killed | survived | timeout | error
+    note: str = ""
+    known_survivor: str = ""
+
+    @property
+    def killed(self) -> bool:
+        return self.status == "killed"
+
+
+def _catalogue():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.mutants import CATALOGUE
+
+    return CATALOGUE
+
+
+def junit_outcomes(path: Path) -> dict[str, str]:
+    """node id -> passed | failed | broken | skipped, from a pytest junit XML file."""
+    out: dict[str, str] = {}
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return out
+    for tc in root.iter("testcase"):
+        cls, name = tc.get("classname", ""), tc.get("name", "")
+        node = (cls.replace(".", "/") + ".py::" + name) if cls else name
+        fail = tc.find("failure")
+        if fail is not None:
+            # the plugin's statuses: an AssertionError (CaseFailure) is *failed*, any other exception *broken*
+            msg = fail.get("message", "")
+            out[node] = "failed" if (msg.startswith(("AssertionError", "assert ", "moe_cts.suite.CaseFailure"))
+                                     or "CaseFailure" in msg.split(":", 1)[0]) else "broken"
+        elif tc.find("error") is not None:
+            out[node] = "broken"
+        elif tc.find("skipped") is not None:
+            out[node] = "skipped"
+        else:
+            out[node] = "passed"
+    return out
+
+
+def pytest_command(backend: str, *, tier: str | None, nodes: tuple[str, ...] = (), deadline: float,
+                   junit: Path, stop_first: bool = True, deselect: tuple[str, ...] = (),
+                   fixture: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest"]
+    cmd += list(nodes) if nodes else ["conformance"]
+    if tier and not nodes:
+        cmd += ["-m", tier]
+    cmd += ["--backend", backend, "--case-deadline", str(deadline), "-q", "-p", "no:randomly",
+            "-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "junit_family=xunit1"]
+    if fixture:
+        cmd += ["--fixture", fixture]
+    if stop_first:
+        cmd.append("-x")
+    for d in deselect:
+        cmd += ["--deselect", d]
+    return cmd
+
+
+def run_backend(backend: str, *, tier: str | None, nodes: tuple[str, ...] = (), deadline: float,
+                timeout: float, stop_first: bool = True, deselect: tuple[str, ...] = (),
+                fixture: str | None = None) -> tuple[dict[str, str], float, str]:
+    """Run the suite on ``backend``; returns (junit outcomes, seconds, note)."""
+    with tempfile.TemporaryDirectory(prefix="moe-cts-mutate-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = pytest_command(backend, tier=tier, nodes=nodes, deadline=deadline, junit=junit,
+                             stop_first=stop_first, deselect=deselect, fixture=fixture)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        t0 = time.monotonic()
+        note = ""
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout, start_new_session=True)
+            if proc.returncode not in (0, 1, 2):  # 0 passed, 1 failures, 2 interrupted (-x)
+                note = f"pytest exit {proc.returncode}: " + " | ".join(proc.stdout.strip().splitlines()[-3:])[:400]
+        except subprocess.TimeoutExpired as exc:
+            note = f"TIMEOUT after {timeout:.0f}s"
+            if exc.stdout:
+                note += ": " + (exc.stdout if isinstance(exc.stdout, str) else exc.stdout.decode(errors="replace"))[-200:]
+        return junit_outcomes(junit), time.monotonic() - t0, note
+
+
+def run_mutant(m, *, tier: str | None, fast: bool, deadline: float, timeout: float,
+               deselect: tuple[str, ...], fixture: str | None) -> Result:
+    nodes = tuple(n for n in m.kills) if fast else ()
+    r = Result(m.id, m.breaks, m.backend, known_survivor=m.survives)
+    if fast and not nodes:
+        r.status, r.note = "survived", "no killing case known"
+        return r
+    outcomes, secs, note = run_backend(m.backend, tier=tier, nodes=nodes, deadline=deadline, timeout=timeout,
+                                       stop_first=not fast, deselect=deselect, fixture=fixture)
+    r.seconds = round(secs, 1)
+    r.killed_by = [n for n, o in outcomes.items() if o in ("failed", "broken")]
+    r.broken = [n for n, o in outcomes.items() if o == "broken"]
+    r.passed = sum(1 for o in outcomes.values() if o == "passed")
+    r.note = note
+    if r.killed_by:
+        r.status = "killed"
+    elif note.startswith("TIMEOUT"):
+        r.status = "timeout"
+    elif note or not outcomes:
+        r.status = "error"
+        r.note = note or "no test ran (collection error?)"
+    return r
+
+
+def short(node: str) -> str:
+    """conformance/test_roundtrip.py::test_roundtrip[CASE] -> roundtrip[CASE]"""
+    mod, _, name = node.partition("::")
+    mod = mod.rsplit("/", 1)[-1].removeprefix("test_").removesuffix(".py")
+    case = name[name.find("["):] if "[" in name else "::" + name
+    return mod + case
+
+
+def table(results: list[Result]) -> str:
+    rows = [("mutant", "breaks", "killed by", "seconds")]
+    for r in results:
+        if r.killed:
+            kb = ", ".join(short(n) + (" (broken)" if n in r.broken else "") for n in r.killed_by[:3])
+            if len(r.killed_by) > 3:
+                kb += f" (+{len(r.killed_by) - 3})"
+        else:
+            kb = f"SURVIVED ({r.status})" + (f": {r.note}" if r.note and r.status != "survived" else "")
+            if r.known_survivor:
+                kb += f" [known: {r.known_survivor[:120]}]"
+        rows.append((r.id, r.breaks[:90], kb, f"{r.seconds:.1f}"))
+    w = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append(f"{row[0]:<{w[0]}} | {row[1]:<{w[1]}} | {row[2]:<{w[2]}} | {row[3]:>7}")
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    catalogue = _catalogue()
+    chosen = [m for m in catalogue if not args.only or m.id in args.only]
+    unknown = sorted(set(args.only or ()) - {m.id for m in catalogue})
+    if unknown:
+        print(f"moe-cts mutate: unknown mutant id(s) {unknown}; known: {[m.id for m in catalogue]}", file=sys.stderr)
+        return 2
+    tier = None if args.fast else args.tier
+    what = "the catalogue's killing cases (--fast)" if args.fast else f"tier {tier}"
+    deselect: tuple[str, ...] = ()
+    baseline_fail: list[str] = []
+    if not args.no_baseline:
+        nodes = tuple(sorted({n for m in chosen for n in m.kills})) if args.fast else ()
+        t0 = time.monotonic()
+        outcomes, secs, note = run_backend("sim", tier=tier, nodes=nodes, deadline=args.case_deadline,
+                                           timeout=args.timeout, stop_first=False, fixture=args.fixture)
+        baseline_fail = sorted(n for n, o in outcomes.items() if o in ("failed", "broken"))
+        npass = sum(1 for o in outcomes.values() if o == "passed")
+        print(f"baseline (unmutated sim, {what}): {npass} passed, {len(baseline_fail)} failed/broken "
+              f"in {time.monotonic() - t0:.0f}s" + (f" [{note}]" if note else ""))
+        for n in baseline_fail:
+            print(f"  deselected (fails unmutated, proves nothing): {n}")
+        if not outcomes:
+            print("moe-cts mutate: the baseline run produced no results; not running mutants", file=sys.stderr)
+            return 2
+        deselect = tuple(baseline_fail)
+    print(f"running {len(chosen)} mutant(s) against {what}, {args.jobs} at a time ...", flush=True)
+    t0 = time.monotonic()
+
+    def one(m):
+        r = run_mutant(m, tier=tier, fast=args.fast, deadline=args.case_deadline, timeout=args.timeout,
+                       deselect=deselect, fixture=args.fixture)
+        print(f"  {r.id}: {r.status} ({r.seconds:.0f}s)", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        results = list(ex.map(one, chosen))
+    print()
+    print(table(results))
+    killed = sum(1 for r in results if r.killed)
+    survivors = [r.id for r in results if not r.killed]
+    rate = killed / len(results) if results else 1.0
+    print(f"\nkill rate ({what}): {killed}/{len(results)} = {100 * rate:.1f}%  "
+          f"[{time.monotonic() - t0:.0f}s wall, --jobs {args.jobs}]")
+    if survivors:
+        print("SURVIVORS: " + ", ".join(survivors))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "tier": tier, "fast": bool(args.fast), "kill_rate": rate, "killed": killed, "total": len(results),
+            "survivors": survivors, "baseline_failures": baseline_fail,
+            "mutants": [asdict(r) for r in results]}, indent=1))
+    return 1 if survivors else 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("mutate", help="run a tier against every mutant backend; name the survivors",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tier", default="nightly", choices=["smoke", "nightly", "full"])
+    p.add_argument("--only", action="append", metavar="ID", help="run only this mutant (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--fast", action="store_true", help="run only each mutant's known killing cases (CI subset)")
+    p.add_argument("--case-deadline", type=float, default=DEFAULT_DEADLINE_S, help="per-case deadline (s)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="wall-clock limit per mutant (s)")
+    p.add_argument("--fixture", default=None, help="testbed YAML (default: the suite's default, sim)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (no deselection)")
+    p.set_defaults(func=main)
