@@ -18,6 +18,7 @@ torch-npu-api.md for signatures and output allocation. Parameter checks come fro
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -184,13 +185,21 @@ def dispatch_meta(x_shape, x_dtype, k, ep_world_size, ep_rank_id, moe_expert_num
 
 
 # =========================================================================== parameter checks
+_CHECKERS: dict[str, Any] = {}
+_CHECKERS_LOCK = threading.Lock()  # thread-ranks of a loopback world share one compiled profile
+
+
 def _load_checker(profile: str):
-    try:
-        from moe_cts import spec as _spec  # noqa: WPS433 - optional until moe_cts.spec lands
-        load = getattr(_spec, "load_profile")
-    except (ImportError, AttributeError):
-        return None
-    return load(profile)
+    with _CHECKERS_LOCK:
+        if profile not in _CHECKERS:
+            try:
+                from moe_cts import spec as _spec  # noqa: WPS433 - optional until moe_cts.spec lands
+                load = getattr(_spec, "load_profile")
+            except (ImportError, AttributeError):
+                _CHECKERS[profile] = None
+            else:
+                _CHECKERS[profile] = load(profile)
+        return _CHECKERS[profile]
 
 
 def _binding_checks(op: str, x_dim: int, ids_dim: int, ep_world_size, ep_rank_id, shared_expert_num,

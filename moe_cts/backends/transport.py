@@ -19,6 +19,7 @@ Both expose the same methods::
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import traceback
 from typing import Any, Callable, Sequence
@@ -97,8 +98,11 @@ class LoopbackGroup:
         self.index = {r: i for i, r in enumerate(self.ranks)}
         self.slots: list[Any] = [None] * len(self.ranks)
         self.calls = [0] * len(self.ranks)  # collectives entered, per member
-        self._barrier = threading.Barrier(len(self.ranks))
+        self._barrier = threading.Barrier(len(self.ranks), action=self._run_action)
         self._lock = threading.Lock()
+        self._action: Callable[[list[Any]], Any] | None = None  # run ONCE when every member has arrived
+        self.shared: Any = None  # what the action computed (read by every member in the body)
+        self._action_error: BaseException | None = None
 
     def __repr__(self):
         return f"LoopbackGroup{list(self.ranks)}"
@@ -116,16 +120,31 @@ class LoopbackGroup:
                 f"loopback collective {what} on group {list(self.ranks)} timed out after "
                 f"{self.world.timeout_s}s; ranks that did not arrive: {missing}") from None
 
-    def collective(self, rank: int, what: str, payload: Any, body: Callable[[list[Any], int], Any]):
-        """Publish ``payload``; once every member has, run ``body(slots, group_rank)``; then release."""
+    def _run_action(self):
+        act, self._action = self._action, None
+        self.shared, self._action_error = None, None
+        if act is not None:
+            try:
+                self.shared = act(self.slots)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by every member
+                self._action_error = exc
+
+    def collective(self, rank: int, what: str, payload: Any, body: Callable[[list[Any], int], Any],
+                   action: Callable[[list[Any]], Any] | None = None):
+        """Publish ``payload``; once every member has, run ``action(slots)`` once (if given; its result is
+        ``self.shared``), then ``body(slots, group_rank)`` on every member; then release."""
         gi = self.index.get(rank)
         if gi is None:
             raise RuntimeError(f"rank {rank} called {what} on {self!r}, which it is not a member of")
         with self._lock:
             self.calls[gi] += 1
         self.slots[gi] = payload
+        if action is not None:
+            self._action = action  # every member sets an equivalent one; the last arrival runs it
         self._wait(gi, what + " (enter)")
         try:
+            if self._action_error is not None:
+                raise RuntimeError(f"loopback {what} on {self!r} failed: {self._action_error}") from self._action_error
             result = body(self.slots, gi)
         finally:
             self._wait(gi, what + " (exit)")
@@ -245,9 +264,25 @@ class LoopbackTransport:
     def all_to_all_single(self, output, input, output_split_sizes=None, input_split_sizes=None, group=None):
         g = self._g(group)
         n = len(g.ranks)
+        if output_split_sizes is None and input_split_sizes is None:
+            # equal splits (fixed-size count exchanges): one stacked transpose for the whole group
+            _splits(input.shape[0], None, n)
+            _splits(output.shape[0], None, n)
+
+            per = input.numel() // n  # elements each source sends each destination
+
+            def action(slots):
+                stacked = torch.stack(list(slots))  # (src, n*c, ...)
+                return stacked.reshape(n, n, per).transpose(0, 1)  # (dst, src, c*...)
+
+            def body_eq(slots, me):
+                output.copy_(g.shared[me].reshape(output.shape))
+
+            g.collective(self.rank, "all_to_all_single", input, body_eq, action)
+            return
         isz = _splits(input.shape[0], input_split_sizes, n)
         osz = _splits(output.shape[0], output_split_sizes, n)
-        ioff = [sum(isz[:i]) for i in range(n)]
+        ioff = [0, *itertools.accumulate(isz)][:n]
 
         def body(slots, me):
             pos = 0
@@ -280,13 +315,13 @@ class LoopbackTransport:
         if op not in ("sum", "max"):
             raise ValueError(f"all_reduce: unsupported op {op!r}")
 
-        def body(slots, me):
+        def action(slots):
             acc = slots[0].clone()
-            for t in slots[1:]:  # group-rank order on every rank: identical results
+            for t in slots[1:]:  # group-rank order, computed once: every rank gets the same bits
                 acc = acc + t if op == "sum" else torch.maximum(acc, t)
             return acc
 
-        res = g.collective(self.rank, "all_reduce", tensor, body)
+        res = g.collective(self.rank, "all_reduce", tensor, lambda slots, me: g.shared, action)
         tensor.copy_(res)
 
     def barrier(self, group=None):
