@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "moe-cts-baseline"
+REFUSAL = "moe-cts-refusal"  # what a refused qualification run leaves where its baseline would be
 VERSION = 1
 IMPL_DEFINED = ("assist_info_for_combine", "ep_recv_counts", "tp_recv_counts")
 BAD = ("failed", "broken")
@@ -129,6 +130,8 @@ def load(path) -> dict:
         raise BaselineError(f"{path}: cannot read baseline ({exc.strerror})") from None
     except ValueError:
         raise BaselineError(f"{path}: not a JSON baseline file") from None
+    if isinstance(doc, dict) and doc.get("format") == REFUSAL:
+        raise BaselineError(str(doc.get("message")))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BaselineError(f"{path}: not a moe-cts baseline (format {doc.get('format') if isinstance(doc, dict) else '?'!r})")
     if doc.get("version") != VERSION:

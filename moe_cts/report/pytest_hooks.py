@@ -131,6 +131,7 @@ def pytest_collection_finish(session):
     try:
         check_compatible(load(path), profile=state(config).profile, nodeids=nodeids, name=path)
     except BaselineError as exc:
+        data(config)["refused"] = str(exc)
         pytest.exit(f"moe-cts qualify: {exc}", returncode=2)
 
 
@@ -303,6 +304,9 @@ def pytest_sessionfinish(session, exitstatus):
     from moe_cts import baseline
     from moe_cts.plugin import state
 
+    if d.get("refused"):  # tell the qualify command why, instead of a baseline of nothing
+        Path(out).write_text(json.dumps({"format": baseline.REFUSAL, "message": d["refused"]}))
+        return
     st = state(config)
     meta = {"profile": st.profile, "fixture": st.fixture.name, "backend": st.backend_spec,
             "markexpr": config.option.markexpr or "", "keyword": config.option.keyword or "",
