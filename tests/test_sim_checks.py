@@ -134,3 +134,37 @@ def test_illegal_on_gloo_every_rank_no_hang(tmp_path):
     assert time.monotonic() - t0 < 40
     assert [r[1] for r in res] == [161001] * 4
     assert all(r[0][-1] == 2 for r in res)  # each expert got 2 rows in the legal call
+
+
+# ------------------------------------------------------------------ ranks that disagree (undefined by the doc)
+def _mismatch(ctx, tp):
+    from moe_cts.backends.sim import SimWorldMismatch
+
+    g = ctx.rank
+    T = 2 if tp else 1
+    e = g // T
+    M = 4 if g == 2 else 2  # global rank 2 alone disagrees
+    x = torch.ones(2, 8, dtype=BF)
+    ids = torch.tensor([[e], [1 - e]], dtype=torch.int32)
+    kw = dict(group_tp=ctx.tp_group, tp_world_size=2, tp_rank_id=g % 2) if tp else {}
+    try:
+        SimBackend(check=False).dispatch(ctx, x, ids, ctx.ep_group, 2 if tp else 4, e, M, **kw)
+    except SimWorldMismatch:
+        return "mismatch"
+    return "ok"
+
+
+@pytest.mark.parametrize("tp", [False, True])
+def test_disagreeing_ranks_all_raise(tp):
+    t0 = time.monotonic()
+    res = run_loopback(2 if tp else 4, _mismatch, tp, tp_world_size=2 if tp else 0, timeout_s=10)
+    assert res == ["mismatch"] * 4 and time.monotonic() - t0 < 5
+
+
+def test_disagreeing_ranks_all_raise_on_gloo(tmp_path):
+    from moe_cts.backends.sim_world import make_context
+
+    def fn(rank, tr):
+        return _mismatch(make_context(tr, 4), False)
+
+    assert run_dist(4, fn, store_dir=str(tmp_path), deadline_s=40) == ["mismatch"] * 4

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from moe_cts.model import (ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR, AclnnError, BindingError,
                            CallDesc, TensorDesc)
 
-__all__ = ["SimBackend", "dispatch_meta"]
+__all__ = ["SimBackend", "SimWorldMismatch", "dispatch_meta"]
 
 _KNOWN_GROUP_FAILURE = 561000  # a group name the world never created: HCCL resource failure at run time
 
@@ -83,8 +84,50 @@ def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst[:n] = src[:n].to(dst.dtype)
 
 
+def _dev(ctx, t) -> torch.device:
+    return torch.device(ctx.device) if ctx.device else t.device
+
+
 def _excl_cumsum(v: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(v, 0) - v
+
+
+class SimWorldMismatch(RuntimeError):
+    """The ranks of one call disagree on attributes the doc requires to be equal (undefined on hardware).
+
+    sim detects it with one small exchange before the data moves and raises on EVERY rank of the call,
+    instead of letting mismatched exchange sizes crash or hang the world."""
+
+
+def _agree(tr, ep, tpg, W: int, fields: tuple, device) -> None:
+    """Every rank of the EP group (and its TP peer) checks that all ranks passed the same ``fields``:
+    one all_reduce(max) of (fingerprint, -fingerprint); all equal <=> max == min."""
+    G = tr.group_size(ep)
+    if G != W:
+        raise SimWorldMismatch(f"ep_world_size={W} but the EP group has {G} ranks")
+    fp = zlib.crc32(repr(fields).encode()) & 0x7FFFFFFF
+    t = torch.tensor([fp, -fp], dtype=torch.int64, device=device)
+    tr.all_reduce(t, ep, op="max")
+    if tpg is not None:
+        t[0] = 1 if int(t[0]) != -int(t[1]) else 0
+        t[1] = 0
+        tr.all_reduce(t, tpg, op="max")
+        bad = bool(int(t[0]))
+    else:
+        bad = int(t[0]) != -int(t[1])
+    if bad:
+        raise SimWorldMismatch(f"the ranks of this {fields[0]} call disagree on attributes the doc requires to be "
+                               f"equal ({', '.join(_AGREE_NAMES[fields[0]])})")
+
+
+_AGREE_NAMES = {
+    "dispatch": ("product", "ep_world_size", "moe_expert_num", "shared_expert_num", "shared_expert_rank_num",
+                 "quant_mode", "global_bs", "comm_alg", "zero/copy/const_expert_num", "tp_world_size",
+                 "expert_token_nums_type", "H", "K", "x dtype", "scales given"),
+    "combine": ("product", "ep_world_size", "moe_expert_num", "shared_expert_num", "shared_expert_rank_num",
+                "global_bs", "comm_alg", "comm_quant_mode", "zero/copy/const_expert_num", "tp_world_size", "H",
+                "K", "expand_x dtype"),
+}
 
 
 # =========================================================================== derived configuration
@@ -388,6 +431,11 @@ class SimBackend:
         self._run_checks("dispatch", desc)
         ep = self._group(ctx, group_ep, "EP")
         tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
+        _agree(ctx.transport, ep, tpg, ep_world_size,
+               ("dispatch", ctx.product, ep_world_size, moe_expert_num, shared_expert_num, shared_expert_rank_num,
+                quant_mode, gbs, comm_alg, zero_expert_num, copy_expert_num, const_expert_num, tp_world_size,
+                expert_token_nums_type, x.shape[1], expert_ids.shape[1], str(x.dtype), scales is not None),
+               _dev(ctx, x))
         return _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_scales, performance_info,
                          ep_world_size, ep_rank_id, moe_expert_num, tp_world_size, tp_rank_id, shared_expert_num,
                          shared_expert_rank_num, quant_mode, gbs, expert_token_nums_type, zero_expert_num,
@@ -426,6 +474,10 @@ class SimBackend:
         self._run_checks("combine", self._combine_desc(ctx, "combine", tensors, attrs))
         ep = self._group(ctx, group_ep, "EP")
         tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
+        _agree(ctx.transport, ep, tpg, ep_world_size,
+               ("combine", ctx.product, ep_world_size, moe_expert_num, shared_expert_num, shared_expert_rank_num,
+                gbs, comm_alg, comm_quant_mode, zero_expert_num, copy_expert_num, const_expert_num, tp_world_size,
+                expand_x.shape[1], expert_ids.shape[1], str(expand_x.dtype)), _dev(ctx, expand_x))
         acc, active = _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist_info_for_combine, ep_send_counts,
                                    expert_scales, tp_send_counts, x_active_mask, shared_expert_x, ori_x,
                                    const_expert_alpha_1, const_expert_alpha_2, const_expert_v, performance_info,
@@ -468,6 +520,10 @@ class SimBackend:
         self._run_checks("combine_add_rms_norm", self._combine_desc(ctx, "combine_add_rms_norm", tensors, attrs))
         ep = self._group(ctx, group_ep, "EP")
         tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
+        _agree(ctx.transport, ep, tpg, ep_world_size,
+               ("combine", ctx.product, ep_world_size, moe_expert_num, shared_expert_num, shared_expert_rank_num,
+                gbs, comm_alg, comm_quant_mode, zero_expert_num, copy_expert_num, const_expert_num, tp_world_size,
+                expand_x.shape[1], expert_ids.shape[1], str(expand_x.dtype)), _dev(ctx, expand_x))
         acc, active = _combine_acc(ctx, ep, tpg, expand_x, expert_ids, expand_idx, ep_send_counts, expert_scales,
                                    tp_send_counts, x_active_mask, shared_expert_x, ori_x, const_expert_alpha_1,
                                    const_expert_alpha_2, const_expert_v, None, ep_world_size, ep_rank_id,
