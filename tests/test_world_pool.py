@@ -40,6 +40,38 @@ def factory(**options):
     return EchoBackend(**options)
 
 
+class SleepyBackend(EchoBackend):
+    """dispatch sleeps forever on one rank: the injected hang of a real backend call."""
+
+    name = "sleepy"
+
+    def dispatch(self, ctx, *a, hang=False, **kw):
+        if hang and ctx.rank == self.options.get("hang_rank", 1):
+            time.sleep(600)
+        return super().dispatch(ctx, *a, **kw)
+
+
+def sleepy(**options):
+    return SleepyBackend(**options)
+
+
+def job_backend_then_a2a(ctx, backend, payload):
+    """The shape of a real case: call the backend, then a collective the other ranks wait in."""
+    backend.dispatch(ctx, hang=payload)
+    return job_a2a(ctx, backend, payload)
+
+
+def job_big(ctx, backend, payload):
+    import numpy as np
+
+    return {"sum": float(payload.sum()), "back": np.full((512, 1024), ctx.rank, dtype=np.float32)}
+
+
+def job_sleep_all(ctx, backend, payload):
+    time.sleep(payload)
+    return ctx.rank
+
+
 def job_a2a(ctx, backend, payload):
     """all_to_all of rank ids over this rank's EP group: every rank receives every member's id."""
     import torch
@@ -204,6 +236,52 @@ def test_hang_is_broken_within_deadline_then_next_passes(pool):
     assert sorted(o.rank for o in e.outcomes) == [0, 1, 3]  # what did arrive
     outs = pool.run(4, f"{HERE}:job_a2a")
     assert all(o.ok and o.value["ep"] == [0, 1, 2, 3] for o in outs)
+
+
+def test_backend_hang_in_one_rank_is_broken_hang(fx):
+    p = WorldPool(fx, backend_spec=f"{HERE}:sleepy")
+    try:
+        p.warm(4)  # the deadline covers the case, not the world's start
+        t0 = time.monotonic()
+        with pytest.raises(WorldBroken) as ei:
+            p.run(4, f"{HERE}:job_backend_then_a2a", True, deadline_s=2)
+        assert ei.value.kind == "hang" and time.monotonic() - t0 < 2 + 3
+        st = ei.value.stacks
+        assert "SleepyBackend" not in st[1] and "in dispatch" in st[1] and "time.sleep" not in st[0]
+        assert "all_to_all_single" in st[0]  # the others wait in the collective
+        # the next case (same backend, no hang injected) passes on a fresh world
+        outs = p.run(4, f"{HERE}:job_backend_then_a2a", False)
+        assert all(o.ok and o.value["ep"] == [0, 1, 2, 3] for o in outs)
+    finally:
+        p.close()
+
+
+def test_rank_killed_from_outside_mid_case(pool):
+    import threading
+
+    pids = pool.run(4, f"{HERE}:job_pid")
+    victim = pids[2].value
+    threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+    with pytest.raises(WorldBroken) as ei:
+        pool.run(4, f"{HERE}:job_sleep_all", 3, deadline_s=20)
+    assert ei.value.kind == "crash" and "rank 2" in ei.value.message and "SIGKILL" in ei.value.message
+    assert all(o.ok for o in pool.run(4, f"{HERE}:job_a2a"))
+
+
+def test_rank_killed_between_cases_is_replaced_silently(pool):
+    pids = [o.value for o in pool.run(2, f"{HERE}:job_pid")]
+    os.kill(pids[1], signal.SIGKILL)
+    time.sleep(0.1)
+    again = [o.value for o in pool.run(2, f"{HERE}:job_pid")]
+    assert set(again).isdisjoint(pids)
+
+
+def test_big_payload_and_values(pool):
+    import numpy as np
+
+    x = np.ones((1024, 1024), dtype=np.float32)  # 4 MB each way, past any pipe buffer
+    outs = pool.run(4, f"{HERE}:job_big", x)
+    assert all(o.value["sum"] == 1024 * 1024 and o.value["back"][0, 0] == o.rank for o in outs)
 
 
 def test_exit_is_broken_crash_then_next_passes(pool):

@@ -219,7 +219,7 @@ class LocalWorld:
             path = os.path.join(self.dir, "stack-loopback.txt" if self.rank_of_proc[i] is None
                                 else f"stack-{self.rank_of_proc[i]}.txt")
             size0 = os.path.getsize(path) if os.path.exists(path) else 0
-            alive = not mpc.wait([p.sentinel], timeout=0)
+            alive = _unreaped(p) and not mpc.wait([p.sentinel], timeout=0)
             if alive:
                 try:
                     os.kill(p.pid, DUMP_SIGNAL)
@@ -260,7 +260,9 @@ class LocalWorld:
             return [p.exitcode for p in self.procs]
         self.closed = True
         for p in self.procs:  # process groups first, before any reaping can free the pid
-            if p.pid is not None:
+            # a process multiprocessing already reaped (Process.start() reaps finished children of
+            # every world) has a pid the kernel may have given to someone else: never signal it
+            if p.pid is not None and _unreaped(p):
                 try:
                     os.killpg(p.pid, signal.SIGKILL)
                 except OSError:
@@ -301,6 +303,11 @@ class LocalWorld:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
+
+
+def _unreaped(p) -> bool:
+    popen = getattr(p, "_popen", None)
+    return popen is not None and popen.returncode is None
 
 
 def _errors_note(outcomes: dict) -> str:
