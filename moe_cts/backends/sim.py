@@ -770,9 +770,12 @@ def _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist, ep_send_counts, exp
     # ---- expert side, TP=2 reduce: own part + the peer's copy of our rows
     rows = ex[:n_own]
     if cfg.tp == 2:
-        tsc = tp_send_counts.to(dev).to(torch.int64).tolist()
         me_t, peer = cfg.tp_rank, 1 - cfg.tp_rank
-        n_own, n_peer = int(tsc[me_t]), int(tsc[peer])
+        if tp_send_counts is not None and tp_send_counts.numel() >= 2:
+            tsc = tp_send_counts.to(dev).to(torch.int64).tolist()
+            n_own, n_peer = int(tsc[me_t]), int(tsc[peer])
+        else:  # no tp_send_counts: the two cumulative halves of ep_send_counts say the same
+            n_own, n_peer = int(epc[W * L - 1]), int(epc[2 * W * L - 1])
         rows = ex[:n_own]
         send = ex[n_own:n_own + n_peer].contiguous()
         ssz = [0, 0]
