@@ -93,15 +93,19 @@ def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="build the single-file HTML report from allure results and print the counts")
     p.add_argument("--results", default="reports/allure-results")
     p.add_argument("--out", default="reports/html")
+    p.add_argument("--history", default=None,
+                   help="Allure history file kept across runs (default reports/history/history.jsonl)")
+    p.add_argument("--no-history", action="store_true", help="do not read or extend the run history")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
-    from moe_cts.report import ReportError, generate_html, summarize
+    from moe_cts.report import HISTORY, ReportError, generate_html, summarize
 
+    history = None if getattr(args, "no_history", False) else (getattr(args, "history", None) or HISTORY)
     try:
         counts = summarize(args.results)
-        index = generate_html(args.results, args.out)
+        index = generate_html(args.results, args.out, history=history)
     except ReportError as exc:
         print(f"moe-cts report: {exc}", file=sys.stderr)
         return 2

@@ -282,7 +282,7 @@ def text(rec: dict) -> str:
 # ----------------------------------------------------------------------------------------- plots
 def plot_bandwidth(records: list[dict], out_png) -> str | None:
     """Algorithmic bandwidth against message size, one line per (backend, op) plus the bare all-to-all."""
-    recs = [r for r in records if r.get("dispatch")]
+    recs = [r for r in records if r.get("dispatch") and not r.get("slow")]  # injected delays are not bandwidth
     if not recs:
         return None
     import matplotlib
@@ -294,8 +294,6 @@ def plot_bandwidth(records: list[dict], out_png) -> str | None:
     for ax, what in zip(axes, ("dispatch", "combine")):
         by_backend: dict[str, list] = {}
         for r in recs:
-            if r.get("slow"):
-                continue
             by_backend.setdefault(r.get("backend") or "?", []).append(r)
         for be, rs in sorted(by_backend.items()):
             rs = sorted(rs, key=lambda r: r[what]["bytes"])
