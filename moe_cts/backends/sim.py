@@ -567,10 +567,11 @@ def _valid_entries(ids: torch.Tensor, mask, M: int, special: int):
     return ent, tok
 
 
-def _sendable(ent: torch.Tensor, ids: torch.Tensor, M: int) -> torch.Tensor:
-    """Entries that are actually sent. An id outside [0, M) with Z+C+Q == 0 is undefined behaviour in the
-    kernel (it indexes a rank past W); sim drops it rather than crash one rank and hang the others."""
-    return ent & (ids >= 0) & (ids < M)
+def _sendable(ent: torch.Tensor, ids: torch.Tensor, limit: int) -> torch.Tensor:
+    """Entries that are actually sent: id in [0, limit), limit = min(M, (W-S)*L). An id past that with
+    Z+C+Q == 0 is undefined behaviour in the kernel (it indexes a rank past W); sim drops it rather than
+    crash one rank and hang the others."""
+    return ent & (ids >= 0) & (ids < limit)
 
 
 def _quant_rows(xf: torch.Tensor):
@@ -603,7 +604,8 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
     ent, tok = _valid_entries(ids, mask, cfg.M, cfg.special)
 
     # ---- sender: MoE entries in increasing b*K+k, then shared-expert copies of active tokens
-    flat = torch.nonzero(_sendable(ent, ids, cfg.M).reshape(-1), as_tuple=False).reshape(-1)  # increasing b*K+k
+    sendable = _sendable(ent, ids, min(cfg.M, (W - S) * Lm))
+    flat = torch.nonzero(sendable.reshape(-1), as_tuple=False).reshape(-1)  # increasing b*K+k
     b_m, k_m = flat // K, flat % K
     e_m = ids.reshape(-1)[flat]
     dest_m = S + torch.div(e_m, Lm, rounding_mode="floor")
@@ -825,7 +827,8 @@ def _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist, ep_send_counts, exp
     # ---- source side: R[b, k] (k < K MoE rows, K + j shared rows)
     R = torch.zeros((bs, K + max(SE, 0), H), dtype=torch.float32, device=dev)
     if ctx.product == "A2":
-        flat = torch.nonzero(_sendable(ent, ids, M).reshape(-1), as_tuple=False).reshape(-1)
+        sendable = _sendable(ent, ids, min(M, (W - cfg.S) * cfg.Lmoe))
+        flat = torch.nonzero(sendable.reshape(-1), as_tuple=False).reshape(-1)
         e = ids.reshape(-1)[flat]
         dest = torch.div(e, cfg.Lmoe, rounding_mode="floor")
         l = e % cfg.Lmoe
