@@ -698,7 +698,7 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
         tp_counts = [0, 0]
         tp_counts[cfg.tp_rank], tp_counts[peer] = totals[cfg.tp_rank], totals[peer]
 
-    # ---- outputs, allocated as torch_npu does (rows past the counts: zeros)
+    # ---- outputs, allocated as torch_npu does (expand_x rows past the count uninitialised, the rest zeros)
     outs = [torch.empty(shape, dtype=dt, device=dev) if i == 0 else torch.zeros(shape, dtype=dt, device=dev)
             for i, (shape, dt) in enumerate(meta)]
     expand_x, dyn_o, assist, etn, epc, tpc, exs = outs
