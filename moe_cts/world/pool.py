@@ -248,6 +248,7 @@ class LocalWorld:
                     text = f.read()
             except OSError:
                 text = ""
+            text = _trim_fork_history(text)
             if self.rank_of_proc[i] is None:
                 stacks.update(_split_threads(text, os.path.join(self.dir, "threads.txt")))
             elif text.strip() or alive:
@@ -314,6 +315,23 @@ def _errors_note(outcomes: dict) -> str:
     errs = [f"rank {r}: {type(o.error).__name__}: {str(o.error).splitlines()[0] if str(o.error) else ''}"
             for r, o in sorted(outcomes.items()) if o.error is not None]
     return ("; before that " + "; ".join(errs[:4]) + (" ..." if len(errs) > 4 else "")) if errs else ""
+
+
+_ENTRY_RE = re.compile(r"line \d+ in (rank_main|loopback_main)\s*$")
+
+
+def _trim_fork_history(text: str) -> str:
+    """Drop the frames below the worker's entry point: under fork they are the parent's (pytest ...)."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("  File "):
+            skipping = False
+        elif skipping:
+            continue
+        out.append(line)
+        if _ENTRY_RE.search(line):
+            skipping = True
+    return "".join(out)
 
 
 _THREAD_RE = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)", re.M)
