@@ -61,7 +61,9 @@ def test_speed_uses_the_perf_ratio_when_both_runs_have_it_else_time_above_a_floo
     assert d["regression"]
     # plain timings: 3x slower counts, but not below the floor
     d = baseline.diff(_doc(), _doc(n1={"timings": {"dispatch_s": 0.06, "combine_s": 0.06}}), speed_threshold=0.5)
-    assert [s["test"] for s in d["slower"]] == [NODES[1]]
+    assert [s["test"] for s in d["slower"]] == [NODES[1]] and not d["regression"]  # reported, not gating
+    d = baseline.diff(_doc(), _doc(n1={"timings": {"dispatch_s": 0.06, "combine_s": 0.06}}), gate_timings=True)
+    assert d["regression"]
     d = baseline.diff(_doc(), _doc(n1={"timings": {"dispatch_s": 0.06, "combine_s": 0.06}}), min_time_s=1.0)
     assert not d["slower"]
 
@@ -118,7 +120,6 @@ def test_qualify_against_a_mutant_names_exactly_its_failures(tmp_path):
     js = tmp_path / "diff.json"
     md = tmp_path / "diff.md"
     r = _cli("qualify", "--baseline", str(b), "--backend", "moe_cts.report.mutants:zero_first_row", "--quiet",
-             "--speed-threshold", "100",  # sim timings on a shared 2-core box are noise, not speed
              "--json", str(js), "--md", str(md))
     assert r.returncode == 1, r.stdout + r.stderr
     d = json.loads(js.read_text())

@@ -10,13 +10,14 @@ which cases it holds and qualify re-selects them.
   moe-cts perf [-k EXPR] [--iters N] [--warmup N] [--slow-rank R --slow-delay S] [--out DIR]
 
 Exit status: capture 0 when the baseline was written (whatever the cases did); qualify 0 no regression,
-1 regression (new failure, or slower beyond the threshold), 2 refused (other case list / profile /
+1 regression (new failure, or a perf ratio slower beyond the threshold; plain op times with --gate-timings), 2 refused (other case list / profile /
 format) or could not run; perf: pytest's.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ def add_parser(sub) -> None:
     q.add_argument("--speed-threshold", type=float, default=0.5,
                    help="relative speed change that counts (default 0.5 = 50%%; perf ratios when both runs have -m perf)")
     q.add_argument("--min-time", type=float, default=0.01, help="ignore op times below this (s) in speed checks")
+    q.add_argument("--gate-timings", action="store_true",
+                   help="count slower plain op times (not only perf ratios) as a regression")
     q.add_argument("--save-candidate", default=None, help="keep the candidate run's baseline file here")
     _run_args(q, tier_default=None)
     q.set_defaults(func=cmd_qualify)
@@ -121,7 +124,8 @@ def cmd_qualify(args) -> int:
     except baseline.BaselineError as exc:
         print(f"moe-cts qualify: {exc}", file=sys.stderr)
         return 2
-    d = baseline.diff(base, cand, speed_threshold=args.speed_threshold, min_time_s=args.min_time)
+    d = baseline.diff(base, cand, speed_threshold=args.speed_threshold, min_time_s=args.min_time,
+                      gate_timings=args.gate_timings)
     md = baseline.markdown(d)
     if args.md:
         Path(args.md).write_text(md)
@@ -143,10 +147,14 @@ def _run_candidate(args, base):
         keep = os.path.join(tmpdir, "candidate.json")
     keep = os.path.abspath(keep)
     rc = _pytest(args, ["--baseline-out", keep, "--qualify-against", os.path.abspath(args.baseline)], markexpr, keyword)
-    if not os.path.exists(keep):
-        print(f"moe-cts qualify: the candidate run wrote no results (pytest exit {rc})", file=sys.stderr)
-        return 2
-    return baseline.load(keep)
+    try:
+        if not os.path.exists(keep):
+            print(f"moe-cts qualify: the candidate run wrote no results (pytest exit {rc})", file=sys.stderr)
+            return 2
+        return baseline.load(keep)
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def cmd_perf(args) -> int:
