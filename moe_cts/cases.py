@@ -354,6 +354,17 @@ def _legal(product: str, profile: str) -> list[Case]:
                 continue  # legal, but combine's const_expert_v is (Q, H): not allocatable on any host
             tier = "nightly" if p.world_size <= 32 else "full"
             add(p, f"boundary:{row.id}", tier, label=f"{name}={value}-{_params_label(p)}")
+    # two-rank variants: the smallest world a 2-device fixture (2 GPUs, nccl: one rank per device) runs
+    if product == "A3":
+        two = base.replace(ep_world_size=2, moe_expert_num=4)
+        for p in (two, two.replace(quant_mode=2, scales=True, x_dtype="float16"),
+                  two.replace(x_active_mask="2d", zero_expert_num=1, copy_expert_num=1, const_expert_num=1,
+                              expert_token_nums_type=0),
+                  two.replace(shared_expert_num=1, shared_expert_rank_num=1, moe_expert_num=2, quant_mode=2),
+                  two.replace(bs_per_rank=(4, 1), global_bs=8)):
+            p = _repair(p)
+            if not checked_violations(p, profile=profile):
+                add(p, "two-rank", "smoke")
     # pairwise covering of the feature dimensions
     for i, (combo, p, routing) in enumerate(pairwise(product, base, profile)):
         tier = "smoke" if i < 6 else "nightly"
