@@ -257,11 +257,12 @@ def compare_dispatch(case_id: str, params, rank: int, ref: dict, got: dict, *, t
 
 def _aux_regions(params, product: str, ref: dict, n_ref: int) -> dict[str, int]:
     regions = {}
-    if product == "A3":
+    if "valid_assist" in ref:  # the reference knows: 3 per own row on A3 (not the TP peer half), Bs*K on A2
+        regions["assist_info_for_combine"] = int(ref["valid_assist"])
+    elif product == "A3":
         regions["assist_info_for_combine"] = 3 * n_ref
     else:
-        bs = params.bs  # A2 slot format: one entry per (token, k) of the sender
-        regions["assist_info_for_combine"] = bs * params.k
+        regions["assist_info_for_combine"] = params.bs * params.k  # A2 slot format: one per (token, k)
     etn = np.asarray(ref["expert_token_nums"])
     regions["ep_recv_counts"] = params.ep_world_size * max(1, etn.size) * (2 if params.tp_world_size == 2 else 1)
     regions["tp_recv_counts"] = params.tp_world_size if params.tp_world_size else 0

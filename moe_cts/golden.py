@@ -52,7 +52,8 @@ def valid_regions(params, out: dict) -> dict[str, np.ndarray]:
         if name in ("expand_x", "dynamic_scales", "expand_scales"):
             a = a[:n] if a.shape[0] >= n else a
         elif name == "assist_info_for_combine":
-            a = a[: 3 * n] if params.product == "A3" else a[: params.bs * params.k]
+            # A3: 3 entries per OWN row (the TP peer half carries none); A2: one per (token, k) sent
+            a = a[: int(out.get("valid_assist", 3 * n if params.product == "A3" else params.bs * params.k))]
         reg[name] = a
     return reg
 
