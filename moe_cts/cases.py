@@ -365,6 +365,14 @@ def _legal(product: str, profile: str) -> list[Case]:
             p = _repair(p)
             if not checked_violations(p, profile=profile):
                 add(p, "two-rank", "smoke")
+    # a shared expert replicated on several ranks (rpse = S/SE = 2): sources split by s % rpse
+    if product == "A3":
+        for p in (base.replace(ep_world_size=6, shared_expert_num=1, shared_expert_rank_num=2, moe_expert_num=4),
+                  base.replace(ep_world_size=6, shared_expert_num=2, shared_expert_rank_num=4, moe_expert_num=4,
+                               quant_mode=2, scales=True)):
+            p = _repair(p)
+            if not checked_violations(p, profile=profile):
+                add(p, "shared-replicas", "smoke")
     # pairwise covering of the feature dimensions
     for i, (combo, p, routing) in enumerate(pairwise(product, base, profile)):
         tier = "smoke" if i < 6 else "nightly"

@@ -23,6 +23,7 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 FULL_TENSOR_CASES = 10
 MAX_FULL_BYTES = 1_500_000  # per case; keeps golden/ far under 20 MB
+CANONICAL_FEATURES = ("base", "pairwise", "two-rank", "shared-replicas")
 
 
 class GoldenError(Exception):
@@ -132,10 +133,10 @@ def _diff_records(old: dict, new: dict) -> list[str]:
 
 
 def canonical_cases(profile: str = "v4-doc") -> list:
-    """Smoke-tier legal cases plus the pairwise rows: small, and they cover every feature dimension."""
+    """Base, two-rank, replicated-shared and pairwise legal cases: small, and every feature dimension."""
     out = []
     for c in cases_mod.generate(profile):
-        if c.legal and c.feature in ("base", "pairwise") and c.params.world_size <= 16:
+        if c.legal and c.feature in CANONICAL_FEATURES and c.params.world_size <= 16:
             out.append(c)
     return out
 
