@@ -64,24 +64,37 @@ def test_heatmap_counts_missing_rows_per_rank_and_local_expert():
     assert png[:4] == b"\x89PNG" and len(png) < 100_000
 
 
+MUTANT_K = "A3-legal-base and (dispatch or determinism or roundtrip)"
+
+
+def mutant_results(tmp_path_factory) -> Path:
+    """allure-results of 3 sim cases with the zero-first-row mutant (2 fail, 1 passes), run once per session
+    and shared with tests/test_browser_report.py."""
+    d = tmp_path_factory.getbasetemp() / "moe-cts-mutant-run"
+    if not (d / "done").exists():
+        shutil.rmtree(d, ignore_errors=True)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "moe_cts.report.pytest_hooks", "conformance", "-q",
+                            "-p", "no:randomly", "-m", "smoke", "-k", MUTANT_K,
+                            "--backend", "moe_cts.report.mutants:zero_first_row", "--alluredir", str(d / "results")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=240)
+        (d / "pytest.out").write_text(r.stdout[-4000:] + r.stderr[-2000:])
+        (d / "done").write_text(str(r.returncode))
+    if len(list((d / "results").glob("*-result.json"))) != 3:
+        pytest.skip(f"the sim run did not produce 3 results on this checkout: {(d / 'pytest.out').read_text()[-800:]}")
+    return d / "results"
+
+
 @pytest.fixture(scope="module")
 def mutant_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mutant")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "moe_cts.report.pytest_hooks", "conformance", "-q",
-                        "-p", "no:randomly", "-m", "smoke", "-k", "A3-legal-base and (dispatch or determinism)",
-                        "--backend", "moe_cts.report.mutants:zero_first_row", "--alluredir", str(d / "results")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=240)
-    results = [json.loads(f.read_text()) for f in (d / "results").glob("*-result.json")]
-    if len(results) != 2:
-        pytest.skip(f"the sim run did not produce 2 results on this checkout: {r.stdout[-800:]}")
-    return d, results
+    res = mutant_results(tmp_path_factory)
+    return res.parent, [json.loads(f.read_text()) for f in res.glob("*-result.json")]
 
 
 @pytest.mark.slow
 def test_a_failing_case_carries_steps_mismatch_text_and_heatmap(mutant_run):
     d, results = mutant_run
-    failed = [r for r in results if r["status"] == "failed"]
-    assert len(failed) == 1 and "test_dispatch" in failed[0]["name"]
+    failed = [r for r in results if r["status"] == "failed" and "test_dispatch" in r["name"]]
+    assert len(failed) == 1 and sum(r["status"] == "failed" for r in results) == 2
     steps = [s["name"] for s in failed[0]["steps"]]
     assert any(s.startswith("run on 4 ranks") for s in steps) and "compare dispatch outputs" in steps
     assert any(s.startswith("inputs + reference model") for s in steps)
@@ -104,4 +117,4 @@ def test_single_file_report_and_history_across_runs(mutant_run, tmp_path):
         assert not (tmp_path / f"html{i}" / "data").exists()  # single file
         assert len(hist.read_text().splitlines()) == i  # one history point per run: trends show from run 2
     summary = json.loads((tmp_path / "html2" / "summary.json").read_text())
-    assert summary["stats"]["total"] == 2 and summary["stats"]["failed"] == 1
+    assert summary["stats"]["total"] == 3 and summary["stats"]["failed"] == 2
