@@ -27,7 +27,7 @@ from moe_cts.fixtures import Fixture
 from moe_cts.world.outcome import RankOutcome, WorldBroken, unpack_exception
 from moe_cts.world.worker import DUMP_SIGNAL, layout_groups, loopback_main, rank_main
 
-DUMP_WAIT_S = 2.0  # how long the parent waits for faulthandler dumps before the kill
+DUMP_WAIT_S = 5.0  # the most the parent waits for faulthandler dumps before the kill (usually ms)
 _live_pools: "weakref.WeakSet[WorldPool]" = weakref.WeakSet()
 
 
@@ -68,6 +68,7 @@ class LocalWorld:
         self.conns: list[Any] = []  # parent ends, index = process index
         self.rank_of_proc: list[int | None] = []  # process index -> rank (None: loopback, all ranks)
         self.closed = False
+        self.in_flight = False
         self.started_s = 0.0
         n_procs = 1 if loopback else world_size
         cores = os.cpu_count() or 1
@@ -150,6 +151,7 @@ class LocalWorld:
         t_end = time.monotonic() + deadline_s
         blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         msg = pickle.dumps(("job", seq, job, blob, layout, product), protocol=pickle.HIGHEST_PROTOCOL)
+        self.in_flight = True  # from here until all outcomes are in, the ranks are busy with this job
         for i, c in enumerate(self.conns):
             try:
                 c.send_bytes(msg)
@@ -191,6 +193,7 @@ class LocalWorld:
             if dead and len(outcomes) < self.world_size:
                 # drain what a dying rank managed to send, then call it a crash
                 self.fail("crash", "", outcomes=outcomes)
+        self.in_flight = False
         return [outcomes[r] for r in range(self.world_size)]
 
     def is_alive(self) -> bool:
@@ -229,6 +232,7 @@ class LocalWorld:
         t_end = time.monotonic() + DUMP_WAIT_S
         pending = {i for i, _, _, alive in files if alive}
         last: dict[int, int] = {}
+        stable: dict[int, int] = {}
         while pending and time.monotonic() < t_end:
             time.sleep(0.02)
             for i, path, size0, _ in files:
@@ -236,7 +240,9 @@ class LocalWorld:
                     pending.discard(i)  # died meanwhile: nothing more will come
                 if i in pending:
                     sz = os.path.getsize(path) if os.path.exists(path) else 0
-                    if sz > size0 and last.get(i) == sz:
+                    # faulthandler writes line by line: done once the file stops growing for 100 ms
+                    stable[i] = stable.get(i, 0) + 1 if (sz > size0 and last.get(i) == sz) else 0
+                    if stable[i] >= 5:
                         pending.discard(i)
                     last[i] = sz
         stacks: dict[int, str] = {}
@@ -472,9 +478,11 @@ class WorldPool:
                 raise
             except BaseException:
                 # ^C or an error in the parent mid-run: the ranks may still be busy with this job,
-                # so the world cannot take the next one; kill it (the next run starts afresh)
-                w = self._worlds.pop(self._key(world_size), None)
-                if w is not None:
+                # so the world cannot take the next one; kill it (the next run starts afresh).
+                # Before anything was sent (an unpicklable payload) the world is still good.
+                w = self._worlds.get(self._key(world_size))
+                if w is not None and getattr(w, "in_flight", True):
+                    self._worlds.pop(self._key(world_size), None)
                     w.kill()
                 raise
 

@@ -73,6 +73,7 @@ class TorchrunWorld:
         self.world_size = driver.world_size
         self.rc = driver.rc
         self.seq = 0
+        self.in_flight = False
         self.closed = False
         self.started_s = 0.0
         self.info: dict[int, dict] = {}
@@ -112,8 +113,9 @@ class TorchrunWorld:
         rc = self.rc
         blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         # every rank takes the job (the groups are collective over the whole torchrun world)
-        self.d.store.set(f"job/{rc}/{seq}", pickle.dumps(("job", seq, job, blob, layout, product, n),
-                                                          protocol=pickle.HIGHEST_PROTOCOL))
+        msg = pickle.dumps(("job", seq, job, blob, layout, product, n), protocol=pickle.HIGHEST_PROTOCOL)
+        self.in_flight = True
+        self.d.store.set(f"job/{rc}/{seq}", msg)
         t_end = time.monotonic() + deadline_s
         outcomes: dict[int, RankOutcome] = {}
         infra_pending = set(range(n, self.world_size))
@@ -162,6 +164,7 @@ class TorchrunWorld:
                     self.fail("crash", f"ranks {stale} stopped (no heartbeat for {HB_STALE_S:g} s)", outcomes)
             time.sleep(sleep)
             sleep = min(sleep * 2, 0.02)
+        self.in_flight = False
         return [outcomes[r] for r in range(n)]
 
     def fail(self, kind: str, message: str, outcomes: dict, extra_stacks: dict | None = None):
