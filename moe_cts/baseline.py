@@ -28,7 +28,7 @@ from typing import Any
 FORMAT = "moe-cts-baseline"
 REFUSAL = "moe-cts-refusal"  # what a refused qualification run leaves where its baseline would be
 VERSION = 1
-IMPL_DEFINED = ("assist_info_for_combine", "ep_recv_counts", "tp_recv_counts")
+IMPL_DEFINED = ("assist_info_for_combine", "ep_recv_counts", "tp_recv_counts", "expand_x.order", "dynamic_scales.order")
 BAD = ("failed", "broken")
 GOOD = ("passed", "waived")
 

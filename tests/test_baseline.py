@@ -90,6 +90,34 @@ def test_other_case_list_or_profile_is_refused_in_one_line():
         assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_row_order_inside_an_expert_group_is_an_implementation_defined_digest():
+    import numpy as np
+
+    from moe_cts.cases import BASES, Case
+    from moe_cts.report.pytest_hooks import digests_of
+    from moe_cts.world.outcome import RankOutcome
+
+    case = Case(id="t", params=BASES["A3"], tier="smoke", kind="legal", feature="base", seed=1)
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+
+    def outcome(rows):
+        d = {"expand_x": rows, "dynamic_scales": np.zeros(10, np.float32), "assist_info_for_combine": np.arange(30),
+             "expert_token_nums": np.array([3, 2]), "ep_recv_counts": np.arange(8), "tp_recv_counts": np.zeros(0),
+             "expand_scales": None}
+        return RankOutcome(0, {"runs": [{"dispatch": d}], "combine": {"x": np.ones(3)}})
+
+    a = digests_of(case, [outcome(x)])["dispatch"][0]
+    b = digests_of(case, [outcome(x[[2, 1, 0, 4, 3, 5, 6, 7, 8, 9]])])["dispatch"][0]  # reversed inside groups
+    c = digests_of(case, [outcome(x[[3, 1, 2, 0, 4, 5, 6, 7, 8, 9]])])["dispatch"][0]  # a row moved to another group
+    assert a["expand_x"] == b["expand_x"] and a["expand_x.order"] != b["expand_x.order"]
+    assert a["expand_x"] != c["expand_x"]
+    base, cand = _doc(), _doc()
+    base["cases"][NODES[0]]["digests"]["dispatch"] = [a]
+    cand["cases"][NODES[0]]["digests"]["dispatch"] = [b]
+    d = baseline.diff(base, cand)
+    assert [x["output"] for x in d["impl_defined_changes"]] == ["expand_x.order"] and not d["normative_changes"]
+
+
 def test_environment_fingerprint_names_the_stack():
     env = baseline.environment()
     for key in ("torch", "torch_npu", "cann", "driver", "firmware", "soc"):

@@ -84,6 +84,53 @@ def mutant_results(tmp_path_factory) -> Path:
     return d / "results"
 
 
+@pytest.mark.skipif(shutil.which("node") is None, reason="the Allure 3 CLI needs node")
+def test_allure_puts_each_kind_of_result_in_its_category(tmp_path):
+    import base64
+    import re
+
+    d = tmp_path / "results"
+    d.mkdir()
+    want = {"hang": ("broken", "moe_cts.world.outcome.WorldBroken: broken: hang: deadline of 4 s passed", (), "Hang"),
+            "crash": ("broken", "WorldBroken: broken: crash: rank 1 was killed by SIGSEGV", (), "Crash"),
+            "golden": ("broken", "GoldenError: the oracle no longer reproduces golden X", (), "Golden / oracle drift"),
+            "infra": ("broken", "OSError: no space left", (), "Infrastructure"),
+            "status": ("failed", "case X: expected every rank to fail with aclnn status 561002 ...", (), "Wrong error status"),
+            "conf": ("failed", "[conformance failure] case X, rank 0, output expand_x: 1 of 7 wrong", (), "Conformance failure"),
+            "drift": ("passed", "", (("drift", "implementation-defined"),), "Implementation-defined drift"),
+            "waived": ("skipped", "XFAIL waived W1", (("waiver", "W1"),), "Waived (known kernel/doc difference)")}
+    for name, (status, msg, labels, _) in want.items():
+        _result(d, name, status, msg, labels=labels)
+    index = report.generate_html(d, tmp_path / "html", history=None)
+    blob = re.search(r'd\("widgets/categories.json","([^"]+)"\)', index.read_text()).group(1)
+    nodes = json.loads(base64.b64decode(blob))["nodes"]
+    got, current = {}, None
+    for n in nodes.values():  # category -> message -> test result, in that order
+        if n.get("type") == "category":
+            current = n["name"]
+        elif n.get("type") == "tr":
+            got[n["name"]] = current
+    assert got == {k: v[3] for k, v in want.items()}
+
+
+def test_hang_stack_dumps_are_attached_and_capped(monkeypatch):
+    import allure
+
+    from moe_cts.report import pytest_hooks
+    from moe_cts.world.outcome import WorldBroken
+
+    seen = []
+    monkeypatch.setattr(allure, "attach", lambda body, name=None, attachment_type=None, **kw: seen.append((name, body)))
+
+    class Call:
+        class excinfo:
+            value = WorldBroken("hang", "deadline passed", stacks={0: "x" * 100_000, 1: "Thread 1 ..."})
+
+    pytest_hooks._attach_failure(None, Call)
+    assert seen and seen[0][0] == "stack dumps (hang)"
+    assert len(seen[0][1]) < pytest_hooks.STACKS_CAP + 200 and "more characters cut" in seen[0][1]
+
+
 @pytest.fixture(scope="module")
 def mutant_run(tmp_path_factory):
     res = mutant_results(tmp_path_factory)

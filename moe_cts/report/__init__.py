@@ -73,6 +73,9 @@ def generate_html(results: Path, out: Path, *, name: str = "moe-cts", history: P
         cmd += ["--history-path", str(Path(history).resolve())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     index = out / "index.html"
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("plugin ") and " error " in line:  # allure 3 exits 0 when a plugin fails
+            raise ReportError(f"allure awesome: {line.strip()[:200]}")
     if proc.returncode != 0 or not index.exists():
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         raise ReportError(f"allure awesome failed ({proc.returncode}): {last[0][:200]}")

@@ -10,8 +10,12 @@ Options:
 
 Allure: phases as steps (reference inputs, world run with per-rank dispatch / combine times, compare);
 on a failed dispatch case a PNG heatmap of wrong rows per rank x local expert; on a hang or crash the
-ranks' stack dumps (capped); drift-only cases get the label ``drift`` (category "Implementation-defined
-drift"). Never whole tensors.
+ranks' stack dumps (capped); cases whose verdict sees implementation-defined drift get the label ``drift``
+(category "Implementation-defined drift"). Never whole tensors.
+
+Digests per rank: every dispatch output's valid region (moe_cts.golden); expand_x and dynamic_scales as the
+set of rows of each local expert's group (normative) plus ``<name>.order`` (the rows in order:
+implementation-defined); combine outputs as ``combine.<name>``; the aclnn status per rank.
 """
 from __future__ import annotations
 
@@ -116,6 +120,28 @@ def _install_steps():
     wrap(suite, "expect_status", lambda case, outcomes: f"compare status: expect aclnn {case.expect_status} on every rank")
     wrap(golden, "check_oracle", "reference vs stored golden")
 
+    verdict = suite.verdict
+
+    @functools.wraps(verdict)
+    def verdict_with_drift_label(cmp, what, *a, **kw):
+        if getattr(cmp, "drifts", None):
+            _label_drift(sorted({f.output for f in cmp.drifts}))
+        return verdict(cmp, what, *a, **kw)
+
+    suite.verdict = verdict_with_drift_label
+
+
+def _label_drift(outputs):
+    """Label ``drift`` (category "Implementation-defined drift"): the drift warning itself reaches pytest only
+    after Allure has written the result, so the label is set when the verdict sees the drift."""
+    try:
+        import allure
+
+        allure.dynamic.label("drift", ", ".join(outputs))
+        allure.dynamic.tag("drift")
+    except Exception:  # noqa: BLE001
+        pass
+
 
 # ----------------------------------------------------------------------------------------- collection
 def pytest_collection_finish(session):
@@ -166,6 +192,8 @@ def digests_of(case, outcomes) -> dict:
     from moe_cts.golden import _digest, valid_regions
     from moe_cts.runner import valid_rows_from
 
+    from moe_cts.report.heatmap import _groups
+
     out = {"dispatch": [], "combine": [], "status": []}
     for o in sorted(outcomes, key=lambda o: o.rank):
         if o.error is not None:
@@ -179,11 +207,35 @@ def digests_of(case, outcomes) -> dict:
         if runs:
             d = dict(runs[-1]["dispatch"])
             d["valid_rows"] = valid_rows_from(case.params, d["expert_token_nums"])
-            out["dispatch"].append({k: _digest(a) for k, a in valid_regions(case.params, d).items()})
+            regions = valid_regions(case.params, d)
+            dig = {k: _digest(a) for k, a in regions.items()}
+            # rows of a local expert's group are normative as a set, their order is implementation-defined
+            groups = _groups(d["expert_token_nums"], case.params.expert_token_nums_type)
+            for name in ("expand_x", "dynamic_scales"):
+                a = regions.get(name)
+                if a is None or getattr(a, "ndim", 0) == 0 or a.shape[0] < sum(c for _, c in groups):
+                    continue
+                dig[f"{name}.order"] = dig[name]
+                dig[name] = _multiset_digest(a, groups)
+            out["dispatch"].append(dig)
         else:
             out["dispatch"].append({})
         out["combine"].append({f"combine.{k}": _digest(a) for k, a in sorted((v.get("combine") or {}).items())})
     return out
+
+
+def _multiset_digest(a, groups) -> str:
+    import hashlib
+
+    import numpy as np
+
+    a = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256(f"{a.dtype.name}{a.shape}".encode())
+    for s, c in groups:
+        for row in sorted(a[i].tobytes() for i in range(s, s + c)):
+            h.update(row)
+        h.update(b"|")
+    return h.hexdigest()[:32]
 
 
 def _timings(outcomes) -> dict:
@@ -275,20 +327,6 @@ def _attach_failure(item, call):
             allure.attach(heatmap_png(m, f"{case.id}: wrong expand_x rows"), name="wrong rows per rank x local expert",
                           attachment_type=allure.attachment_type.PNG)
     except Exception:  # noqa: BLE001 - a picture must never turn a failure into an error
-        pass
-
-
-def pytest_warning_recorded(warning_message, when, nodeid, location):
-    if when != "runtest" or "implementation-defined drift" not in str(warning_message.message):
-        return
-    try:
-        import allure
-
-        allure.dynamic.label("drift", "implementation-defined")
-        allure.dynamic.tag("drift")
-        allure.attach(str(warning_message.message)[:2000], name="implementation-defined drift (warning)",
-                      attachment_type=allure.attachment_type.TEXT)
-    except Exception:  # noqa: BLE001
         pass
 
 
