@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

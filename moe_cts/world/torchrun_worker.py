@@ -46,7 +46,7 @@ def _connect(host: str, port: int, timeout_s: float):
     return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout_s))
 
 
-def _control(host: str, port: int, rc: int, rank: int, stack_path: str, timeout_s: float) -> None:
+def _control(host: str, port: int, rc: int, rank: int, timeout_s: float) -> None:
     """Heartbeats, and the driver's dump / kill / stop orders (on its own store connection)."""
     try:
         store = _connect(host, port, timeout_s)
@@ -57,9 +57,9 @@ def _control(host: str, port: int, rc: int, rank: int, stack_path: str, timeout_
         try:
             store.add(f"hb/{rc}/{rank}", 1)
             if not dumped and store.check([f"dump/{rc}"]):
-                with open(stack_path, "w") as f:
+                with tempfile.TemporaryFile("w+") as f:  # unlinked: nothing is left behind
                     faulthandler.dump_traceback(file=f, all_threads=True)
-                with open(stack_path) as f:
+                    f.seek(0)
                     store.set(f"stack/{rc}/{rank}", f.read())
                 dumped = True
             if store.check([f"kill/{rc}"]):
@@ -86,14 +86,12 @@ def main(argv=None) -> int:
 
     import torch.distributed as dist
 
-    from moe_cts.backends.base import RankContext, load_backend
-    from moe_cts.world.outcome import pack_exception
-    from moe_cts.world.worker import DUMP_SIGNAL, _Groups, _run_one, resolve_job
+    from moe_cts.backends.base import load_backend
+    from moe_cts.world.worker import DUMP_SIGNAL
 
-    stack_path = os.path.join(tempfile.gettempdir(), f"moe-cts-torchrun-{os.getpid()}.stack")
-    sf = open(stack_path + ".fatal", "w")
-    faulthandler.enable(file=sf, all_threads=True)
-    faulthandler.register(DUMP_SIGNAL, file=sf, all_threads=True, chain=False)
+    # fatal signals and SIGUSR1 dump to stderr, which torchrun collects per rank (--log-dir / -r / -t)
+    faulthandler.enable(all_threads=True)
+    faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
     try:
         store = _connect(host, int(port), a.connect_timeout)
         cfg = pickle.loads(store.get("config"))
@@ -131,7 +129,7 @@ def main(argv=None) -> int:
     except BaseException:  # noqa: BLE001
         store.set(f"init_error/{rc}/{rank}", traceback.format_exc())
         return 4
-    threading.Thread(target=_control, args=(host, int(port), rc, rank, stack_path, a.connect_timeout),
+    threading.Thread(target=_control, args=(host, int(port), rc, rank, a.connect_timeout),
                      name="moe-cts-control", daemon=True).start()
     store.set(f"worker/{rc}/{rank}", json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "device": device}))
     store.add(f"joined/{rc}", 1)
