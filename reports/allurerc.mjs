@@ -1,13 +1,13 @@
 // Allure 3 config for `moe-cts report` (allure awesome --config reports/allurerc.mjs).
-// Categories live in categories.json (first match wins); history is kept in reports/history/ across runs
-// (`make run` clears allure-results, not the history), so trends show from the second run on.
+// Categories live in categories.json (first match wins). History is passed by `moe-cts report` as
+// --history-path reports/history/history.jsonl (outside allure-results, which `make run` clears), so trends
+// show from the second run on; it is not set here, where it would resolve against whatever cwd runs allure.
 import { readFileSync } from "node:fs";
 
 const categories = JSON.parse(readFileSync(new URL("./categories.json", import.meta.url), "utf-8"));
 
 export default {
   name: "moe-cts",
-  historyPath: "./history/history.jsonl",
   historyLimit: 30,
   categories: { rules: categories },
   plugins: {

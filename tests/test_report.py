@@ -101,7 +101,10 @@ def test_allure_puts_each_kind_of_result_in_its_category(tmp_path):
             "waived": ("skipped", "XFAIL waived W1", (("waiver", "W1"),), "Waived (known kernel/doc difference)")}
     for name, (status, msg, labels, _) in want.items():
         _result(d, name, status, msg, labels=labels)
+    cwd = Path.cwd()
+    had_history = (cwd / "history").exists()
     index = report.generate_html(d, tmp_path / "html", history=None)
+    assert had_history or not (cwd / "history").exists(), "history=None must not write a history anywhere"
     blob = re.search(r'd\("widgets/categories.json","([^"]+)"\)', index.read_text()).group(1)
     nodes = json.loads(base64.b64decode(blob))["nodes"]
     got, current = {}, None

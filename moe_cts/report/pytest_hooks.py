@@ -265,7 +265,7 @@ def _runs_for(st, case):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    if rep.when == "call" or (rep.when == "setup" and rep.skipped):
+    if (rep.when == "call" or (rep.when == "setup" and rep.skipped)) and item.config.getoption("--baseline-out", None):
         _record(item, call, rep)
     if rep.when == "call" and rep.failed:
         _attach_failure(item, call)
