@@ -44,6 +44,7 @@ A3_PW00 = "A3-legal-pairwise-pw00-W4-M8-bs4-h1024-k3-bf16-q0-tp1-mask1d-z1-c1-q1
 A3_PW02 = "A3-legal-pairwise-pw02-W4-M6-bs4-h1024-k3-bf16-q2-smooth-se1x1-ent0-shared_only"
 A3_PW03 = "A3-legal-pairwise-pw03-W4-M8-bs4-h1024-k3-fp16-q2-smooth-tp1-se2x2-mask2d-z1-gbs16-ent1"
 A3_PW21 = "A3-legal-pairwise-pw21-W4-M8-bs4-h1024-k3-bf16-q0-se2x2-mask2d-ent1-empty_ranks"
+A3_REPLICAS = "A3-legal-shared-replicas-W6-M4-bs4-h1024-k3-bf16-q0-se1x2-ent1"
 A3_PW04 = "A3-legal-pairwise-pw04-W4-M6-bs4-h1024-k3-bf16-q2-se1x1-mask1d-q1-gbs16-ent1-empty_ranks"
 
 
@@ -98,8 +99,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant("shared_routing_modulus", "KB §1.2: shared copy of sender s goes to j*rpse + s % S (not s % rpse)",
            (_d(A3_PW21),)),
     Mutant("shared_replica_offset", "KB §1.2: shared copy of sender s goes to j*rpse (the s % rpse replica "
-           "offset dropped)", (_d(A3_PW02),), survives="no case has rpse = S/SE >= 2 (cases use 1x1 and 2x2 only): "
-           "s % rpse is always 0; add a legal case with e.g. shared_expert_num=1, shared_expert_rank_num=2"),
+           "offset dropped: every sender uses the first replica)", (_d(A3_REPLICAS),)),
     Mutant("special_experts_sent", "KB §1.4/§4.1: zero/copy/const entries (id >= M) are sent (to e - M) "
            "instead of dropped", (_d(A3_PW00),)),
     Mutant("copy_uses_expert_row", "KB §4.2: a copy expert adds the (unsent, zero) expert row instead of oriX",
