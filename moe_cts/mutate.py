@@ -180,6 +180,18 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[Result]) -> str:
+    """The same table as Markdown (docs/mutants.md)."""
+    out = ["| mutant | breaks | killed by | seconds |", "|---|---|---|---:|"]
+    for r in results:
+        if r.killed:
+            kb = "<br>".join(f"`{short(n)}`" + (" (broken)" if n in r.broken else "") for n in r.killed_by[:3])
+        else:
+            kb = f"**SURVIVED** ({r.status})" + (f": {r.known_survivor}" if r.known_survivor else "")
+        out.append(f"| `{r.id}` | {r.breaks} | {kb} | {r.seconds:.1f} |")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     catalogue = _catalogue()
     chosen = [m for m in catalogue if not args.only or m.id in args.only]
@@ -226,6 +238,8 @@ def main(args) -> int:
           f"[{time.monotonic() - t0:.0f}s wall, --jobs {args.jobs}]")
     if survivors:
         print("SURVIVORS: " + ", ".join(survivors))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(results) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "tier": tier, "fast": bool(args.fast), "kill_rate": rate, "killed": killed, "total": len(results),
@@ -241,6 +255,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--only", action="append", metavar="ID", help="run only this mutant (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("--fast", action="store_true", help="run only each mutant's known killing cases (CI subset)")
     p.add_argument("--case-deadline", type=float, default=DEFAULT_DEADLINE_S, help="per-case deadline (s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="wall-clock limit per mutant (s)")
