@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_perf.py [--fixture fixtures/sim.yaml] [--backend sim] [--product A3]
                                               [--iters 5] [--warmup 2] [--slow-rank 5 --slow-delay 0.3]
-                                              [--out reports/perf]
+                                              [--out reports/html/perf]
 
 Prints one line per case (latency, algorithmic bandwidth, the bare all_to_all of the same bytes and the
 ratio op / all_to_all, which is what is compared across runs), writes perf.json and bandwidth.png into
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--slow-rank", type=int, default=None)
     ap.add_argument("--slow-delay", type=float, default=0.3)
     ap.add_argument("--deadline", type=float, default=120.0)
-    ap.add_argument("--out", default=os.path.join(ROOT, "reports", "perf"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "reports", "html", "perf"))
     a = ap.parse_args(argv)
     st = _State(a.fixture, a.backend, a.deadline)
     recs = []

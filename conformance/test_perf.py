@@ -5,7 +5,7 @@ them), latency and algorithmic bandwidth, next to a bare all_to_all of the same 
 world (the ratio is what is compared across runs). Slow-rank analysis on performance_info (DeepXTrace
 thresholds 3.0 / 3.0 / 5.0); ``test_slow_rank_is_flagged`` injects a delay on one rank and requires the
 analysis to name that rank. Every case here carries only the ``perf`` marker, so tier runs never select it.
-Results: reports/perf/perf.json and reports/perf/bandwidth.png (``--perf-out``)."""
+Results: reports/html/perf/perf.json and reports/html/perf/bandwidth.png (``--perf-out``)."""
 import pytest
 
 from moe_cts import perf

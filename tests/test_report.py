@@ -161,10 +161,13 @@ def test_a_failing_case_carries_steps_mismatch_text_and_heatmap(mutant_run):
 def test_single_file_report_and_history_across_runs(mutant_run, tmp_path):
     d, _ = mutant_run
     hist = tmp_path / "history" / "history.jsonl"
+    (tmp_path / "html2" / "perf").mkdir(parents=True)  # a plot folder next to the report must not push it aside
+    (tmp_path / "html2" / "perf" / "bandwidth.png").write_bytes(b"x")
     for i in (1, 2):
         index = report.generate_html(d / "results", tmp_path / f"html{i}", history=hist)
         assert index.exists() and index.stat().st_size > 100_000
         assert not (tmp_path / f"html{i}" / "data").exists()  # single file
         assert len(hist.read_text().splitlines()) == i  # one history point per run: trends show from run 2
+    assert (tmp_path / "html2" / "perf" / "bandwidth.png").exists() and not (tmp_path / "html2" / "awesome").exists()
     summary = json.loads((tmp_path / "html2" / "summary.json").read_text())
     assert summary["stats"]["total"] == 3 and summary["stats"]["failed"] == 2

@@ -10,8 +10,10 @@ reports/history/history.jsonl (``history``), outside allure-results, so nightly 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -62,24 +64,37 @@ CONFIG = REPORTS / "allurerc.mjs"
 def generate_html(results: Path, out: Path, *, name: str = "moe-cts", history: Path | None = HISTORY) -> Path:
     """Write the single-file HTML report (opens from file://) and return its path.
 
-    ``history``: the Allure history file to read and append to (None: no history)."""
+    ``history``: the Allure history file to read and append to (None: no history). Allure writes into a
+    fresh folder first: given an output folder that already holds a sub-folder (perf plots, screenshots),
+    it would put the report in ``<out>/awesome/`` and leave a stale ``<out>/index.html``. The new files then
+    replace the old ones in ``out``; other things there (perf/, screenshots/) stay."""
     results, out = Path(results), Path(out)
     summarize(results)  # validates the folder first: one clear line instead of a node stack trace
-    cmd = allure_cli() + ["awesome", str(results), "-o", str(out), "--single-file", "--report-name", name]
-    if CONFIG.exists():
-        cmd += ["--config", str(CONFIG)]
-    if history is not None:
-        Path(history).parent.mkdir(parents=True, exist_ok=True)
-        cmd += ["--history-path", str(Path(history).resolve())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    index = out / "index.html"
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.startswith("plugin ") and " error " in line:  # allure 3 exits 0 when a plugin fails
-            raise ReportError(f"allure awesome: {line.strip()[:200]}")
-    if proc.returncode != 0 or not index.exists():
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-        raise ReportError(f"allure awesome failed ({proc.returncode}): {last[0][:200]}")
-    return index
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".moe-cts-report-", dir=out))
+    try:
+        cmd = allure_cli() + ["awesome", str(results), "-o", str(tmp / "r"), "--single-file", "--report-name", name]
+        if CONFIG.exists():
+            cmd += ["--config", str(CONFIG)]
+        if history is not None:
+            Path(history).parent.mkdir(parents=True, exist_ok=True)
+            cmd += ["--history-path", str(Path(history).resolve())]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        for line in (proc.stdout + proc.stderr).splitlines():
+            if line.startswith("plugin ") and " error " in line:  # allure 3 exits 0 when a plugin fails
+                raise ReportError(f"allure awesome: {line.strip()[:200]}")
+        made = tmp / "r" / "index.html"
+        if proc.returncode != 0 or not made.exists():
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+            raise ReportError(f"allure awesome failed ({proc.returncode}): {last[0][:200]}")
+        for f in (tmp / "r").iterdir():
+            dest = out / f.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "index.html"
 
 
 def phase(title: str):

@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--slow-rank", type=int, default=None, help="inject a delay on this rank in every perf case")
     p.add_argument("--slow-delay", type=float, default=0.3)
-    p.add_argument("--out", default="reports/perf", help="perf.json and bandwidth.png go here")
+    p.add_argument("--out", default="reports/html/perf", help="perf.json and bandwidth.png go here")
     _run_args(p, tier_default=None, tier=False)
     p.set_defaults(func=cmd_perf)
 

@@ -36,7 +36,7 @@ def pytest_addoption(parser):
                 help="refuse to run unless the selected cases and profile are the baseline's")
     g.addoption("--perf-warmup", type=int, default=2, help="perf mode: untimed iterations per case (default 2)")
     g.addoption("--perf-iters", type=int, default=5, help="perf mode: timed iterations per case (default 5)")
-    g.addoption("--perf-out", default="reports/perf", help="perf mode: where perf.json and the bandwidth plot go")
+    g.addoption("--perf-out", default="reports/html/perf", help="perf mode: where perf.json and the bandwidth plot go")
     g.addoption("--perf-slow-rank", type=int, default=None, help="perf mode: delay this rank in every perf case")
     g.addoption("--perf-slow-delay", type=float, default=0.3, help="perf mode: the injected delay in seconds")
 
