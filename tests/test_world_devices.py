@@ -61,13 +61,17 @@ def job_raise_on(ctx, backend, payload):
     return ctx.rank
 
 
-def test_spawn_world_on_cpu():
-    fx = dataclasses.replace(load_fixture("sim"), start_method="spawn")
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_spawn_world_on_cpu(method):
+    fx = dataclasses.replace(load_fixture("sim"), start_method=method)
     with WorldPool(fx, backend_spec=f"{HERE}:factory") as pool:
         outs = pool.run(2, f"{HERE}:job_a2a")
         assert [o.value["ep"] for o in outs] == [[0, 1], [0, 1]]
         err = pool.run(2, f"{HERE}:job_raise_on", 0)[0].error
         assert type(err) is AclnnError and err.status == 161001
+        with pytest.raises(WorldBroken) as ei:
+            pool.run(2, f"{HERE}:job_exit_on", 1, deadline_s=30)
+        assert ei.value.kind == "crash" and "code 5" in ei.value.message
 
 
 def test_real_sim_backend_loads_in_the_ranks():

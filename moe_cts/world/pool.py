@@ -75,6 +75,7 @@ class LocalWorld:
         self.cfg = {
             "world_dir": self.dir,
             "parent_pid": os.getpid(),
+            "start_method": fx.start_method,
             "pdeathsig": threading.current_thread() is threading.main_thread(),
             "env": dict(fx.env),
             "backend_spec": backend_spec,

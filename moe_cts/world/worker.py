@@ -112,6 +112,19 @@ def resolve_job(job: str) -> Callable:
 
 
 # ----------------------------------------------------------------------------- process setup
+def _parent_alive(cfg: dict) -> bool:
+    """Is the pool's process still there? (forkserver: our parent is the fork server, not the pool)"""
+    if cfg.get("start_method") == "forkserver":
+        try:
+            os.kill(cfg["parent_pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return os.getppid() == cfg["parent_pid"]
+
+
 def _setup_process(cfg: dict, stack_path: str) -> None:
     try:
         os.setpgid(0, 0)
@@ -124,7 +137,7 @@ def _setup_process(cfg: dict, stack_path: str) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - not Linux: the getppid check still applies
             pass
-    if os.getppid() != cfg["parent_pid"]:
+    if not _parent_alive(cfg):
         os._exit(3)
     f = open(stack_path, "w", buffering=1)
     _keep.append(f)
@@ -148,7 +161,7 @@ def _send(conn, lock: threading.Lock | None, msg) -> None:
             conn.send_bytes(data)
 
 
-def _recv(conn, parent_pid: int):
+def _recv(conn, cfg: dict):
     """Next message from the parent; None when the parent is gone."""
     while True:
         try:
@@ -156,7 +169,7 @@ def _recv(conn, parent_pid: int):
                 return pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return None
-        if os.getppid() != parent_pid:
+        if not _parent_alive(cfg):
             return None
 
 
@@ -193,7 +206,6 @@ def _device(cfg: dict, rank: int) -> str:
 # ----------------------------------------------------------------------------- one rank per process
 def rank_main(conn, rank: int, world_size: int, cfg: dict) -> None:
     _setup_process(cfg, os.path.join(cfg["world_dir"], f"stack-{rank}.txt"))
-    parent_pid = cfg["parent_pid"]
     try:
         import torch.distributed as dist
 
@@ -211,7 +223,7 @@ def rank_main(conn, rank: int, world_size: int, cfg: dict) -> None:
     _send(conn, None, ("ready", rank, {"pid": os.getpid(), "device": device}))
     groups = _Groups(transport, world_size)
     while True:
-        msg = _recv(conn, parent_pid)
+        msg = _recv(conn, cfg)
         if msg is None or msg[0] == "stop":
             break
         _, seq, job, payload_blob, layout, product = msg
@@ -240,7 +252,6 @@ def rank_main(conn, rank: int, world_size: int, cfg: dict) -> None:
 # ----------------------------------------------------------------------------- N thread-ranks in one process
 def loopback_main(conn, world_size: int, cfg: dict) -> None:
     _setup_process(cfg, os.path.join(cfg["world_dir"], "stack-loopback.txt"))
-    parent_pid = cfg["parent_pid"]
     try:
         from moe_cts.backends.transport import LoopbackWorld
 
@@ -259,7 +270,7 @@ def loopback_main(conn, world_size: int, cfg: dict) -> None:
     _send(conn, None, ("ready", 0, {"pid": os.getpid(), "device": "cpu", "loopback": world_size}))
     threads_file = os.path.join(cfg["world_dir"], "threads.txt")
     while True:
-        msg = _recv(conn, parent_pid)
+        msg = _recv(conn, cfg)
         if msg is None or msg[0] == "stop":
             break
         _, seq, job, payload_blob, layout, product = msg
