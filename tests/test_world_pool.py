@@ -357,6 +357,22 @@ def test_world_start_failure_is_infra(fx):
     assert _children() == [] or all(pid not in _children() for pid in p.pids)
 
 
+def crashing_factory(**options):
+    os._exit(11)  # the backend factory kills the rank while the world starts
+
+
+def test_rank_dying_at_start_is_infra_fast(fx):
+    p = WorldPool(fx, backend_spec=f"{HERE}:crashing_factory")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(WorldBroken) as ei:
+            p.run(2, f"{HERE}:job_pid")
+        assert ei.value.kind == "infra" and "died while starting" in ei.value.message
+        assert time.monotonic() - t0 < fx.deadlines.start_s / 2
+    finally:
+        p.close()
+
+
 def test_close_leaves_no_orphans(fx):
     p = WorldPool(fx, backend_spec=f"{HERE}:factory")
     p.run(4, f"{HERE}:job_pid")

@@ -125,8 +125,18 @@ class LocalWorld:
                         self.fail("infra", f"rank {msg[1]} of a world of {self.world_size} failed to start: "
                                            + msg[2].strip().splitlines()[-1], extra_stacks={msg[1]: msg[2]})
             for i in list(pending):
-                if self.procs[i].sentinel in ready and not self.conns[i].poll():
-                    self.fail("infra", f"rank process {i} of a world of {self.world_size} died while starting")
+                if self.procs[i].sentinel in ready:
+                    # drain what it managed to send (its init_error), then it died while starting
+                    while self.conns[i].poll():
+                        msg = self._recv(i)
+                        if msg is None:
+                            break
+                        if msg[0] == "init_error":
+                            self.fail("infra", f"rank {msg[1]} of a world of {self.world_size} failed to start: "
+                                               + msg[2].strip().splitlines()[-1], extra_stacks={msg[1]: msg[2]})
+                    self.procs[i].join(1.0)  # it is dead (sentinel): reap it for its exit code
+                    self.fail("infra", f"rank process {i} of a world of {self.world_size} died while starting "
+                                       f"(it {_describe_exit(self.procs[i].exitcode)})")
         self.started_s = time.monotonic() - t0
 
     def _spawn(self, target, args, rank: int | None) -> None:
