@@ -109,8 +109,10 @@ def check_oracle(case, orc, root: Path = ROOT) -> None:
     entry = m["cases"].get(case.id)
     if entry is None:
         return
-    rec = case_record(case, orc)
-    diff = _diff_records(entry, rec)
+    from moe_cts.report import phase
+
+    with phase("reference vs stored golden"):
+        diff = _diff_records(entry, case_record(case, orc))
     if diff:
         raise GoldenError(f"golden {case.id} ({root / MANIFEST}): oracle differs from the frozen golden: {diff[0]}")
 

@@ -99,17 +99,13 @@ def state(config) -> _State:
     return st["s"]
 
 
-# companion plugins owned by other modules (baselines/qualification, performance mode): loaded when present
-COMPANIONS = ("moe_cts.report.pytest_hooks",)
+# companion plugins owned by other modules (baselines/qualification, performance mode); registered with
+# this plugin, before the command line is parsed, so their options exist
+pytest_plugins = ["moe_cts.report.pytest_hooks"]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "waived: a known kernel/doc difference (see moe_cts/spec waivers)")
-    import importlib.util
-
-    for name in COMPANIONS:
-        if importlib.util.find_spec(name) is not None and not config.pluginmanager.has_plugin(name):
-            config.pluginmanager.import_plugin(name)
     if config.getoption("--fixture") or config.getoption("--backend"):
         state(config)  # a wrong option is one line now, not a collection traceback later
 

@@ -12,6 +12,7 @@ import numpy as np
 from moe_cts.cases import Case
 from moe_cts.compare import Comparison, compare_combine, compare_dispatch
 from moe_cts.model import STATUS_NAMES
+from moe_cts.report import label_drift, phase
 
 JOB = "moe_cts.runner:run_case_on_rank"
 
@@ -34,14 +35,33 @@ def run_case(st, case: Case, *, combine: bool = True, repeat: int = 1):
     if hit is not None:
         return hit
     p = case.params
-    try:
-        outcomes = st.pool.run(p.world_size, JOB, {"case": case.to_dict(), "combine": combine, "repeat": repeat},
-                               layout=(p.ep_world_size, p.tp), product=p.product, deadline_s=st.deadline())
-    except Exception as exc:
-        st.runs[key] = exc
-        raise
+    title = f"run on {p.world_size} ranks: dispatch{' + combine' if combine else ''}" + (f" x{repeat}" if repeat > 1 else "")
+    with phase(title):
+        try:
+            outcomes = st.pool.run(p.world_size, JOB, {"case": case.to_dict(), "combine": combine, "repeat": repeat},
+                                   layout=(p.ep_world_size, p.tp), product=p.product, deadline_s=st.deadline())
+        except Exception as exc:
+            st.runs[key] = exc
+            raise
+        _timing_steps(outcomes)
     st.runs[key] = outcomes
     return outcomes
+
+
+def _timing_steps(outcomes) -> None:
+    for what in ("dispatch_s", "combine_s"):
+        ts = []
+        for o in outcomes:
+            t = o.value.get("timings", {}).get(what) if isinstance(o.value, dict) else None
+            if t is not None:
+                ts.append(max(t) if isinstance(t, list) else t)
+        if ts:
+            with phase(f"{what[:-2]}: slowest rank {max(ts) * 1e3:.2f} ms, fastest {min(ts) * 1e3:.2f} ms"):
+                pass
+    errs = [o for o in outcomes if o.error is not None]
+    if errs:
+        with phase(f"{len(errs)} rank(s) raised: {str(errs[0].error)[:120]}"):
+            pass
 
 
 @dataclass
@@ -61,11 +81,12 @@ def oracle(st, case: Case) -> Oracle:
     from moe_cts.inputs import rank_inputs
 
     p = case.params
-    inputs = [rank_inputs(p, case.seed, g, case.routing) for g in range(p.world_size)]
-    disp = reference.dispatch(p, inputs)
-    expert_out = [apply_experts(p, g, d["expand_x"], d["dynamic_scales"], d["expert_token_nums"], d["valid_rows"])
-                  for g, d in enumerate(disp)]
-    comb = reference.combine(p, inputs, expert_out)
+    with phase(f"inputs + reference model ({p.world_size} ranks, seed {case.seed})"):
+        inputs = [rank_inputs(p, case.seed, g, case.routing) for g in range(p.world_size)]
+        disp = reference.dispatch(p, inputs)
+        expert_out = [apply_experts(p, g, d["expand_x"], d["dynamic_scales"], d["expert_token_nums"], d["valid_rows"])
+                      for g, d in enumerate(disp)]
+        comb = reference.combine(p, inputs, expert_out)
     o = Oracle(inputs, disp, comb)
     st.refs[case.id] = o
     return o
@@ -104,12 +125,17 @@ def judge_dispatch(st, case: Case, values: list[dict], orc: Oracle, run_index: i
     from moe_cts.inputs import decode_tag
 
     cmp = Comparison(case.id, tolerance=st.tolerance if st else Comparison(case.id).tolerance)
+    with phase("compare dispatch outputs"):
+        _judge_dispatch(case, values, orc, run_index, cmp, decode_tag)
+    return cmp
+
+
+def _judge_dispatch(case, values, orc, run_index, cmp, decode_tag):
     for g, v in enumerate(values):
         got = v["runs"][run_index]["dispatch"]
         ref = orc.dispatch[g]
         compare_dispatch(case.id, case.params, g, ref, got, tags=_tagger(case, decode_tag), tolerance=cmp.tolerance,
                          cmp=cmp, source_of_row=_source_fn(case.product, ref))
-    return cmp
 
 
 def _tagger(case: Case, decode_tag):
@@ -120,8 +146,9 @@ def _tagger(case: Case, decode_tag):
 
 def judge_combine(st, case: Case, values: list[dict], orc: Oracle) -> Comparison:
     cmp = Comparison(case.id, tolerance=st.tolerance if st else Comparison(case.id).tolerance)
-    for g, v in enumerate(values):
-        compare_combine(case.id, case.params, g, orc.combine[g], v["combine"], cmp=cmp, tolerance=cmp.tolerance)
+    with phase("compare combine output"):
+        for g, v in enumerate(values):
+            compare_combine(case.id, case.params, g, orc.combine[g], v["combine"], cmp=cmp, tolerance=cmp.tolerance)
     return cmp
 
 
@@ -137,6 +164,7 @@ def attach(name: str, text: str):
 def verdict(cmp: Comparison, what: str):
     """Fail on conformance failures; report drift (attached, warned) without failing."""
     if cmp.drifts:
+        label_drift(sorted({f.output for f in cmp.drifts}))
         attach(f"{what}: implementation-defined drift", cmp.report("drift"))
         import warnings
 
@@ -148,20 +176,27 @@ def verdict(cmp: Comparison, what: str):
         raise CaseFailure(text)
 
 
-def expect_status(case: Case, outcomes):
-    """Every rank must reject the call with the documented status (or, where torch_npu's own Python
-    check fires first, with that binding rejection: the aclnn status is unobservable through torch_npu)."""
-    from moe_cts.model import BindingError
-
+def _status_mismatches(case: Case, outcomes, binding_error) -> list[str]:
     wrong = []
     for o in outcomes:
         if o.error is None:
             wrong.append(f"rank {o.rank}: the call was ACCEPTED")
         elif case.expect_binding:
-            if not isinstance(o.error, BindingError):
+            if not isinstance(o.error, binding_error):
                 wrong.append(f"rank {o.rank}: got {describe_error(o.error)}")
         elif getattr(o.error, "status", None) != case.expect_status:
             wrong.append(f"rank {o.rank}: got {describe_error(o.error)}")
+    return wrong
+
+
+def expect_status(case: Case, outcomes):
+    """Every rank must reject the call with the documented status (or, where torch_npu's own Python
+    check fires first, with that binding rejection: the aclnn status is unobservable through torch_npu)."""
+    from moe_cts.model import BindingError
+
+    expected = "a torch_npu binding rejection" if case.expect_binding else f"aclnn {case.expect_status}"
+    with phase(f"compare status: expect {expected} on every rank"):
+        wrong = _status_mismatches(case, outcomes, BindingError)
     if wrong and case.expect_binding:
         raise CaseFailure(
             f"case {case.id}: expected every rank to be rejected by the torch_npu binding (ERR01001: "

@@ -19,7 +19,6 @@ implementation-defined); combine outputs as ``combine.<name>``; the aclnn status
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -58,89 +57,6 @@ def add_perf_record(config, nodeid: str, rec: dict) -> None:
 
 def pytest_configure(config):
     data(config)
-    _install_steps()
-
-
-# ----------------------------------------------------------------------------------------- steps
-def _step(title):
-    try:
-        import allure
-
-        return allure.step(title)
-    except Exception:  # noqa: BLE001
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def _install_steps():
-    """Wrap moe_cts.suite's phases in Allure steps (idempotent). The suite can call
-    moe_cts.report.phase(...) itself instead; then this goes."""
-    from moe_cts import golden, suite
-
-    if getattr(suite, "_moe_cts_steps", False):
-        return
-    suite._moe_cts_steps = True
-
-    def wrap(mod, name, title, after=None):
-        fn = getattr(mod, name)
-
-        @functools.wraps(fn)
-        def inner(*a, **kw):
-            with _step(title(*a, **kw) if callable(title) else title):
-                r = fn(*a, **kw)
-                if after is not None:
-                    after(r, *a, **kw)
-                return r
-
-        setattr(mod, name, inner)
-
-    def run_title(st, case, combine=True, repeat=1):
-        return f"run on {case.params.world_size} ranks: dispatch{' + combine' if combine else ''}" + (f" x{repeat}" if repeat > 1 else "")
-
-    def run_after(outcomes, *a, **kw):
-        for what in ("dispatch_s", "combine_s"):
-            ts = []
-            for o in outcomes or []:
-                t = (o.value or {}).get("timings", {}).get(what) if isinstance(o.value, dict) else None
-                if t is not None:
-                    ts.append(max(t) if isinstance(t, list) else t)
-            if ts:
-                with _step(f"{what[:-2]}: slowest rank {max(ts) * 1e3:.2f} ms, fastest {min(ts) * 1e3:.2f} ms"):
-                    pass
-        errs = [o for o in outcomes or [] if getattr(o, "error", None) is not None]
-        if errs:
-            with _step(f"{len(errs)} rank(s) raised: {str(errs[0].error)[:120]}"):
-                pass
-
-    wrap(suite, "oracle", lambda st, case: f"inputs + reference model ({case.params.world_size} ranks, seed {case.seed})")
-    wrap(suite, "run_case", run_title, run_after)
-    wrap(suite, "judge_dispatch", "compare dispatch outputs")
-    wrap(suite, "judge_combine", "compare combine output")
-    wrap(suite, "expect_status", lambda case, outcomes: f"compare status: expect aclnn {case.expect_status} on every rank")
-    wrap(golden, "check_oracle", "reference vs stored golden")
-
-    verdict = suite.verdict
-
-    @functools.wraps(verdict)
-    def verdict_with_drift_label(cmp, what, *a, **kw):
-        if getattr(cmp, "drifts", None):
-            _label_drift(sorted({f.output for f in cmp.drifts}))
-        return verdict(cmp, what, *a, **kw)
-
-    suite.verdict = verdict_with_drift_label
-
-
-def _label_drift(outputs):
-    """Label ``drift`` (category "Implementation-defined drift"): the drift warning itself reaches pytest only
-    after Allure has written the result, so the label is set when the verdict sees the drift."""
-    try:
-        import allure
-
-        allure.dynamic.label("drift", ", ".join(outputs))
-        allure.dynamic.tag("drift")
-    except Exception:  # noqa: BLE001
-        pass
 
 
 # ----------------------------------------------------------------------------------------- collection
