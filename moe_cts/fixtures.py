@@ -22,7 +22,8 @@ Keys (defaults in brackets)::
     dist_backend    gloo|nccl|hccl [cpu: gloo, cuda: nccl, npu: hccl]
     start_method    fork|spawn|forkserver [cpu: fork, else spawn]
     spec_profile    str            [v4-doc]
-    deadlines       mapping        case_s [60] per multi-rank action, start_s [120] to start a world
+    deadlines       mapping        case_s [60] per multi-rank action, start_s [120] to start a world,
+                                   error_grace_s [10] for the other ranks once one has raised
     env             mapping str->str [{}]; set in every rank process (HCCL_BUFFSIZE, TASK_QUEUE_ENABLE ...)
     loopback_above  int >= 1       [devices]; cpu only: larger worlds run as threads in one process
 """
@@ -45,7 +46,7 @@ LAUNCHERS = ("local", "torchrun")
 TOP_KEYS = ("name", "description", "products", "backend", "backend_options", "device_type", "devices", "hosts",
             "launcher", "torchrun", "dist_backend", "start_method", "spec_profile", "deadlines", "env",
             "loopback_above")
-DEADLINE_KEYS = ("case_s", "start_s")
+DEADLINE_KEYS = ("case_s", "start_s", "error_grace_s")
 TORCHRUN_KEYS = ("store_host", "store_port", "nproc_per_node", "nnodes", "max_restarts")
 REQUIRED = ("products", "backend", "device_type", "devices")
 
@@ -58,6 +59,9 @@ class FixtureError(ValueError):
 class Deadlines:
     case_s: float = 60.0  # one multi-rank action (one pool.run call)
     start_s: float = 120.0  # starting a world (processes, rendezvous, backend load)
+    # once a rank has raised, how long the others may still take: a rank that left a collective leaves
+    # its peers waiting forever, and gloo/nccl cannot cancel them, so waiting the full case_s is waste
+    error_grace_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -389,3 +389,33 @@ def test_close_leaves_no_orphans(fx):
 def test_zzz_no_children_left_after_module_pool_closes(pool):
     pool.close()
     assert _children() == []
+
+
+def test_a_rank_that_raises_does_not_cost_the_whole_deadline(tmp_path):
+    """Rank 1 raises before a collective its peers are already waiting in: the world is declared hung
+    error_grace_s after the error, not case_s, and the next case still passes."""
+    import dataclasses
+    import time
+
+    from moe_cts.fixtures import load_fixture
+    from moe_cts.world import WorldBroken, WorldPool
+
+    fx = load_fixture("sim")
+    fx = dataclasses.replace(fx, deadlines=dataclasses.replace(fx.deadlines, case_s=60.0, error_grace_s=1.0))
+    with WorldPool(fx, backend_spec="tests.test_world_pool:factory") as pool:
+        t0 = time.monotonic()
+        with pytest.raises(WorldBroken) as ei:
+            pool.run(2, "tests.test_world_pool:raise_on_rank1_others_wait", {}, deadline_s=60.0)
+        took = time.monotonic() - t0
+        assert ei.value.kind == "hang" and "after a rank raised" in str(ei.value), str(ei.value)
+        assert took < 20, f"expected the world to be declared hung about 1 s after rank 1 raised, took {took:.1f} s"
+        assert [o.value for o in pool.run(2, "tests.test_world_pool:raise_on_rank1_others_wait", {"ok": True})] == [0, 1]
+
+
+def raise_on_rank1_others_wait(ctx, backend, payload):
+    import torch
+
+    if ctx.rank == 1 and not payload.get("ok"):
+        raise ValueError("rank 1 gives up before the collective")
+    ctx.transport.all_reduce(torch.ones(1), None)  # rank 0 waits for a peer that never comes
+    return ctx.rank

@@ -58,6 +58,7 @@ class LocalWorld:
 
     def __init__(self, fx: Fixture, world_size: int, backend_spec: str, *, loopback: bool,
                  device_base: int = 0, lease=None):
+        self.error_grace_s = float(fx.deadlines.error_grace_s)
         self.fx = fx
         self.world_size = world_size
         self.loopback = loopback
@@ -170,11 +171,19 @@ class LocalWorld:
                 self.fail("crash", f"rank process {i} is gone")
         outcomes: dict[int, RankOutcome] = {}
         alive = set(range(len(self.procs)))
+        graced = False
         while len(outcomes) < self.world_size:
+            if not graced and any(o.error is not None for o in outcomes.values()):
+                graced = True
+                t_grace = time.monotonic() + self.error_grace_s
+                if t_grace < t_end:
+                    t_end, deadline_s = t_grace, None
             remaining = t_end - time.monotonic()
             if remaining <= 0:
                 missing = [r for r in range(self.world_size) if r not in outcomes]
-                self.fail("hang", f"deadline of {deadline_s:g} s passed; ranks {missing} did not finish"
+                why = (f"deadline of {deadline_s:g} s passed" if deadline_s is not None else
+                       f"{self.error_grace_s:g} s after a rank raised, the others were still waiting")
+                self.fail("hang", f"{why}; ranks {missing} did not finish"
                                   + _errors_note(outcomes), outcomes=outcomes)
             ready = mpc.wait([self.conns[i] for i in alive] + [self.procs[i].sentinel for i in alive],
                              timeout=remaining)
