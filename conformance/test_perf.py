@@ -38,6 +38,8 @@ def _skip_unless_served(cts, case):
     cap = fx.capacity() if hasattr(fx, "capacity") else None
     if cap is not None and case.params.world_size > cap:
         pytest.skip(f"case needs {case.params.world_size} ranks, fixture {fx.name} has {cap}")
+    if case.feature == "perf-sweep" and fx.device_type == "cpu" and case.params.bs > 16:
+        pytest.skip("the large-message sweep is for device fixtures (minutes per case on 2 CPU cores)")
 
 
 @pytest.mark.perf

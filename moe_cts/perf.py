@@ -312,11 +312,36 @@ def plot_bandwidth(records: list[dict], out_png) -> str | None:
     return str(out_png)
 
 
-def perf_cases(profile: str = "v4-doc", product: str | None = None) -> list:
-    """The perf sweep: each product's base case at several hidden sizes (legal ones only)."""
+SWEEP_WORLDS = (2, 8)  # device counts of the CUDA fixtures (2 GPUs now, 8 when lent)
+SWEEP_BS = (1, 16, 128, 512)
+
+
+def sweep_cases(profile: str = "v4-doc") -> list:
+    """DeepSeek-like message sizes on a fixed world: A3, H=7168, K=8, Bs in SWEEP_BS, W in SWEEP_WORLDS,
+    each with HCCL_BUFFSIZE set to its own minimum (the default 200 MB is too small past Bs=128)."""
     from moe_cts.cases import BASES, Case, checked_violations, stable_seed
+    from moe_cts.spec import hccl_buffsize_min_mb
 
     out = []
+    for w in SWEEP_WORLDS:
+        m = w * max(2, -(-8 // w))  # K=8 needs at least 8 experts; 2+ per rank
+        for bs in SWEEP_BS:
+            p = BASES["A3"].replace(ep_world_size=w, moe_expert_num=m, bs=bs, h=7168, k=8)
+            env = {"HCCL_BUFFSIZE": str(max(200, hccl_buffsize_min_mb(p, "ep")))}
+            if checked_violations(p, profile=profile, env={k: int(v) for k, v in env.items()}):
+                continue
+            cid = f"A3-perf-sweep-W{w}-bs{bs}-k8-h7168"
+            out.append(Case(id=cid, params=p, tier="full", kind="perf", feature="perf-sweep", seed=stable_seed(cid),
+                            profile=profile, env=tuple(sorted(env.items()))))
+    return out
+
+
+def perf_cases(profile: str = "v4-doc", product: str | None = None) -> list:
+    """The perf sweep: each product's base case at several hidden sizes (legal ones only), plus the
+    fixed-world sweep (sweep_cases) for device fixtures."""
+    from moe_cts.cases import BASES, Case, checked_violations, stable_seed
+
+    out = [] if product not in (None, "A3") else sweep_cases(profile)
     for prod, base in sorted(BASES.items()):
         if product and prod != product:
             continue
