@@ -83,8 +83,8 @@ class SlowRankBackend:
 
             group = ctx.groups.get(kw["group_ep"])
             W = int(kw["ep_world_size"])
-            stamps = [torch.zeros(1, dtype=torch.int64) for _ in range(W)]
-            ctx.transport.all_gather(stamps, torch.tensor([time.time_ns()], dtype=torch.int64), group)
+            stamps = [torch.zeros(1, dtype=torch.int64, device=ctx.device) for _ in range(W)]
+            ctx.transport.all_gather(stamps, torch.tensor([time.time_ns()], dtype=torch.int64, device=ctx.device), group)
             arr = torch.cat(stamps)
             me = int(kw["ep_rank_id"])
             late = torch.clamp(arr - arr[me], min=0).to(perf.device)
@@ -193,8 +193,8 @@ def perf_job(ctx, backend, payload: dict) -> dict:
     res["combine_bytes"] = int(valid * p.h * xbytes)
     # the bare all-to-all of the same bytes, same world, same timer
     for what in ("dispatch", "combine"):
-        mine = torch.tensor([res[f"{what}_bytes"]], dtype=torch.int64)
-        allb = [torch.zeros(1, dtype=torch.int64) for _ in range(W)]
+        mine = torch.tensor([res[f"{what}_bytes"]], dtype=torch.int64, device=ctx.device)
+        allb = [torch.zeros(1, dtype=torch.int64, device=ctx.device) for _ in range(W)]
         tr.all_gather(allb, mine, group)
         allb = [int(t.item()) for t in allb]
         me = p.ep_rank(ctx.rank)
