@@ -46,6 +46,7 @@ class Result:
     status: str = "survived"  # killed | survived | timeout | error
     note: str = ""
     known_survivor: str = ""
+    why: dict[str, str] = field(default_factory=dict)  # killing node id -> its failure message
 
     @property
     def killed(self) -> bool:
@@ -60,8 +61,9 @@ def _catalogue():
     return CATALOGUE
 
 
-def junit_outcomes(path: Path) -> dict[str, str]:
-    """node id -> passed | failed | broken | skipped, from a pytest junit XML file."""
+def junit_outcomes(path: Path, messages: dict | None = None) -> dict[str, str]:
+    """node id -> passed | failed | broken | skipped, from a pytest junit XML file (``messages``
+    receives node id -> the failure's one-line message)."""
     out: dict[str, str] = {}
     try:
         root = ET.parse(path).getroot()
@@ -74,10 +76,14 @@ def junit_outcomes(path: Path) -> dict[str, str]:
         if fail is not None:
             # the plugin's statuses: an AssertionError (CaseFailure) is *failed*, any other exception *broken*
             msg = fail.get("message", "")
+            if messages is not None:
+                messages[node] = (msg.splitlines() or [""])[0][:300]
             out[node] = "failed" if (msg.startswith(("AssertionError", "assert ", "moe_cts.suite.CaseFailure"))
                                      or "CaseFailure" in msg.split(":", 1)[0]) else "broken"
-        elif tc.find("error") is not None:
+        elif tc.find("error") is not None:  # setup/teardown errors: infrastructure
             out[node] = "broken"
+            if messages is not None:
+                messages[node] = ((tc.find("error").get("message") or "").splitlines() or [""])[0][:300]
         elif tc.find("skipped") is not None:
             out[node] = "skipped"
         else:
@@ -105,7 +111,7 @@ def pytest_command(backend: str, *, tier: str | None, nodes: tuple[str, ...] = (
 
 def run_backend(backend: str, *, tier: str | None, nodes: tuple[str, ...] = (), deadline: float,
                 timeout: float, stop_first: bool = True, deselect: tuple[str, ...] = (),
-                fixture: str | None = None) -> tuple[dict[str, str], float, str]:
+                fixture: str | None = None, messages: dict | None = None) -> tuple[dict[str, str], float, str]:
     """Run the suite on ``backend``; returns (junit outcomes, seconds, note)."""
     with tempfile.TemporaryDirectory(prefix="moe-cts-mutate-") as tmp:
         junit = Path(tmp) / "junit.xml"
@@ -124,7 +130,7 @@ def run_backend(backend: str, *, tier: str | None, nodes: tuple[str, ...] = (), 
             note = f"TIMEOUT after {timeout:.0f}s"
             if exc.stdout:
                 note += ": " + (exc.stdout if isinstance(exc.stdout, str) else exc.stdout.decode(errors="replace"))[-200:]
-        return junit_outcomes(junit), time.monotonic() - t0, note
+        return junit_outcomes(junit, messages), time.monotonic() - t0, note
 
 
 def run_mutant(m, *, tier: str | None, fast: bool, deadline: float, timeout: float,
@@ -134,13 +140,33 @@ def run_mutant(m, *, tier: str | None, fast: bool, deadline: float, timeout: flo
     if fast and not nodes:
         r.status, r.note = "survived", "no killing case known"
         return r
-    outcomes, secs, note = run_backend(m.backend, tier=tier, nodes=nodes, deadline=deadline, timeout=timeout,
-                                       stop_first=not fast, deselect=deselect, fixture=fixture)
-    r.seconds = round(secs, 1)
+    msgs: dict[str, str] = {}
+    spurious: list[str] = []  # broken in the tier run, passed when rerun alone: not the mutant's doing
+    confirmed: list[str] = []  # broken again when rerun alone
+    t0 = time.monotonic()
+    note = ""
+    for attempt in range(2):
+        outcomes, _, note = run_backend(m.backend, tier=tier, nodes=nodes, deadline=deadline, timeout=timeout,
+                                        stop_first=not fast, deselect=deselect + tuple(spurious + confirmed),
+                                        fixture=fixture, messages=msgs)
+        killers = [n for n, o in outcomes.items() if o in ("failed", "broken")]
+        if fast or not killers or any(outcomes[n] == "failed" for n in killers) or attempt == 1:
+            break
+        # killed only by *broken* cases (a hang or crash, or a busy host missing the deadline): rerun them
+        # alone (a case that passes now was not the mutant's doing), then go on once through the rest of
+        # the tier looking for a conformance *failure* as well
+        again, _, _ = run_backend(m.backend, tier=None, nodes=tuple(killers), deadline=deadline, timeout=timeout,
+                                  stop_first=False, fixture=fixture)
+        spurious += [n for n in killers if again.get(n) == "passed"]
+        confirmed += [n for n in killers if again.get(n) != "passed"]
+    for n in confirmed:
+        outcomes.setdefault(n, "broken")
+    r.seconds = round(time.monotonic() - t0, 1)
     r.killed_by = [n for n, o in outcomes.items() if o in ("failed", "broken")]
     r.broken = [n for n, o in outcomes.items() if o == "broken"]
     r.passed = sum(1 for o in outcomes.values() if o == "passed")
-    r.note = note
+    r.why = {n: msgs.get(n, "") for n in r.killed_by}
+    r.note = note + (f" (spurious broken, passed on rerun: {[short(n) for n in spurious]})" if spurious else "")
     if r.killed_by:
         r.status = "killed"
     elif note.startswith("TIMEOUT"):
