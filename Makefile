@@ -28,7 +28,9 @@ mutate: venv
 	$(BIN)/moe-cts mutate --tier nightly
 
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_reference.py
+	$(BIN)/python benchmarks/bench_world.py
+	$(BIN)/python benchmarks/bench_perf.py
 
 clean:
 	rm -rf $(VENV) $(RESULTS) reports/html reports/node_modules
