@@ -145,8 +145,17 @@ def x_rows(params: OpParams, seed: int, rank, tokens, out=None) -> np.ndarray:
 
 
 def decode_tag(row: np.ndarray) -> tuple[int, int]:
-    """(src_rank, token) from a dispatched row in x dtype (or any float row holding the digits)."""
-    d = np.rint(np.asarray(row[:TAG_COLS], dtype=np.float32)).astype(np.int64)
+    """(src_rank, token) from a dispatched row in x dtype (or any float row holding the digits).
+
+    ValueError for a row that is no payload row of this module (column TAG_COLS always holds a
+    magnitude in [64, 100]; digits are in [0, TAG_BASE)): a zeroed or foreign row must not be read
+    as "rank 0, token 0"."""
+    row = np.asarray(row, dtype=np.float32)
+    if row.shape[-1] > TAG_COLS and not 63.5 <= abs(float(row[TAG_COLS])) <= 100.5:
+        raise ValueError(f"not a payload row: column {TAG_COLS} is {float(row[TAG_COLS])}, expected +-[64, 100]")
+    d = np.rint(row[:TAG_COLS]).astype(np.int64)
+    if (d < 0).any() or (d >= TAG_BASE).any():
+        raise ValueError(f"not a payload row: tag digits {d.tolist()} outside [0, {TAG_BASE})")
     return int(d[0] * TAG_BASE + d[1]), int(d[2] * TAG_BASE + d[3])
 
 

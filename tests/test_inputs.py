@@ -140,3 +140,12 @@ def test_tags_survive_int8(xd):
             assert decode_tag_quant(q[t], s[t]) == (77, t)
         # varied magnitudes: quantisation actually rounds
         assert np.abs(np.rint(xf * (127 / np.abs(xf).max(1, keepdims=True))) - xf * (127 / np.abs(xf).max(1, keepdims=True))).max() > 0.4
+
+
+def test_decode_tag_refuses_rows_that_are_not_payload_rows():
+    import pytest as _pytest
+
+    from moe_cts.inputs import decode_tag
+
+    with _pytest.raises(ValueError, match="not a payload row"):
+        decode_tag(np.zeros(16, np.float32))  # a zeroed row must not read as (rank 0, token 0)
