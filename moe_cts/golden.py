@@ -23,7 +23,7 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 FULL_TENSOR_CASES = 10
 MAX_FULL_BYTES = 1_500_000  # per case; keeps golden/ far under 20 MB
-CANONICAL_FEATURES = ("base", "pairwise", "two-rank", "shared-replicas")
+CANONICAL_FEATURES = ("base", "pairwise", "two-rank", "shared-replicas", "quant-ties", "combine-cancellation")
 
 
 class GoldenError(Exception):

@@ -28,6 +28,13 @@ import numpy as np
 from moe_cts.model import OpParams
 
 ROUTINGS = ("uniform", "hot_expert", "empty_ranks", "special_heavy", "shared_only")
+# input recipes on top of uniform routing, applied by rank_inputs only (the per-rank reference form refuses them):
+#  quant_ties  - every row's amax is exactly 127, so ds = 1 and y = x: body values n + 0.5 are exact rounding
+#                ties, where half-to-even and half-away-from-zero differ (kernel-behaviour.md §3)
+#  cancelling  - per token k0 = a copy expert with weight +1, k1 = a MoE expert with weight fp32(-1/c_e),
+#                k2 = a MoE expert with weight 2**-30: the fp32 sum cancels, so accumulation order and
+#                multiply-then-add vs fused multiply-add change the result by many ulps, not one (§4.2)
+RECIPES = ("quant_ties", "cancelling")
 
 TAG_BASE = 64
 TAG_COLS = 4
@@ -151,8 +158,8 @@ def decode_tag(row: np.ndarray) -> tuple[int, int]:
     magnitude in [64, 100]; digits are in [0, TAG_BASE)): a zeroed or foreign row must not be read
     as "rank 0, token 0"."""
     row = np.asarray(row, dtype=np.float32)
-    if row.shape[-1] > TAG_COLS and not 63.5 <= abs(float(row[TAG_COLS])) <= 100.5:
-        raise ValueError(f"not a payload row: column {TAG_COLS} is {float(row[TAG_COLS])}, expected +-[64, 100]")
+    if row.shape[-1] > TAG_COLS and not 63.5 <= abs(float(row[TAG_COLS])) <= 127.5:
+        raise ValueError(f"not a payload row: column {TAG_COLS} is {float(row[TAG_COLS])}, expected +-[64, 127]")
     d = np.rint(row[:TAG_COLS]).astype(np.int64)
     if (d < 0).any() or (d >= TAG_BASE).any():
         raise ValueError(f"not a payload row: tag digits {d.tolist()} outside [0, {TAG_BASE})")
@@ -233,8 +240,11 @@ def expert_ids_batch(params: OpParams, seed: int, ranks, routing: str = "uniform
 
     Row t of rank g depends only on (seed, g, t, routing, M, Z, C, Q, K, W, S): identical to rank_inputs.
     """
+    if routing in RECIPES:
+        raise ValueError(f"input recipe {routing!r} is applied by rank_inputs only: build every rank with "
+                         f"rank_inputs and use reference.dispatch(params, inputs)")
     if routing not in ROUTINGS:
-        raise ValueError(f"unknown routing {routing!r}; known: {ROUTINGS}")
+        raise ValueError(f"unknown routing {routing!r}; known: {ROUTINGS + RECIPES}")
     ranks = np.asarray(ranks, dtype=np.int64)
     B, K, M = params.bs, params.k, params.moe_expert_num
     nsp = params.special_expert_num
@@ -348,6 +358,9 @@ def rank_inputs(params: OpParams, seed: int, rank: int, routing: str = "uniform"
     bs = params.bs_of(ep)
     dt = x_np_dtype(params)
     h, K = params.h, params.k
+    recipe = routing if routing in RECIPES else None
+    if recipe:
+        routing = "uniform"
     out: dict = {}
     out["x"] = x_rows(params, seed, rank, np.arange(bs))
     out["expert_ids"] = np.ascontiguousarray(expert_ids_batch(params, seed, [rank], routing)[0, :bs])
@@ -379,4 +392,40 @@ def rank_inputs(params: OpParams, seed: int, rank: int, routing: str = "uniform"
         out["gamma"] = (np.float32(0.5) + _unit(gb)).astype(dt)
     else:
         out["residual_x"] = out["gamma"] = None
+    if recipe:
+        _apply_recipe(params, recipe, out)
     return out
+
+
+_TIES = np.array([0.5, -0.5, 1.5, 2.5, -2.5, 4.5, -6.5, 10.5, 0.5, 3.5, -1.5, 12.5], np.float32)
+
+
+def _apply_recipe(params: OpParams, recipe: str, out: dict) -> None:
+    x = out["x"]
+    dt = x.dtype
+    bs = x.shape[0]
+    if recipe == "quant_ties":
+        if params.h <= MARKER_COL + 1:
+            raise ValueError(f"recipe quant_ties needs h > {MARKER_COL + 1}, got {params.h}")
+        sign = np.where(x[:, MARKER_COL].astype(np.float32) < 0, np.float32(-1), np.float32(1))
+        x[:, MARKER_COL] = (np.float32(127) * sign).astype(dt)  # the row's amax: every other |x| <= 100
+        n = min(len(_TIES), params.h - MARKER_COL - 1)
+        rows = np.stack([np.roll(_TIES, t)[:n] for t in range(bs)]) if bs else np.zeros((0, n), np.float32)
+        x[:, MARKER_COL + 1: MARKER_COL + 1 + n] = rows.astype(dt)
+        return
+    if recipe == "cancelling":
+        M, K = params.moe_expert_num, params.k
+        if params.copy_expert_num < 1 or K != 3 or M < 2:
+            raise ValueError(f"recipe cancelling needs copy_expert_num >= 1, k == 3 and moe_expert_num >= 2, got "
+                             f"copy_expert_num={params.copy_expert_num}, k={K}, moe_expert_num={M}")
+        from moe_cts.experts import moe_constant
+
+        copy_id = M + params.zero_expert_num
+        tok = np.arange(bs)
+        e1, e2 = tok % M, (tok + 1) % M
+        out["expert_ids"] = np.ascontiguousarray(np.stack([np.full(bs, copy_id), e1, e2], axis=1).astype(np.int32))
+        w1 = (np.float32(-1) / moe_constant(e1)).astype(np.float32)
+        out["expert_scales"] = np.ascontiguousarray(
+            np.stack([np.ones(bs, np.float32), w1, np.full(bs, np.float32(2.0**-30))], axis=1).astype(np.float32))
+        return
+    raise ValueError(f"unknown input recipe {recipe!r}")

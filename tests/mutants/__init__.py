@@ -46,6 +46,8 @@ A3_PW03 = "A3-legal-pairwise-pw03-W4-M8-bs4-h1024-k3-fp16-q2-smooth-tp1-se2x2-ma
 A3_PW21 = "A3-legal-pairwise-pw21-W4-M8-bs4-h1024-k3-bf16-q0-se2x2-mask2d-ent1-empty_ranks"
 A3_REPLICAS = "A3-legal-shared-replicas-W6-M4-bs4-h1024-k3-bf16-q0-se1x2-ent1"
 A3_PW04 = "A3-legal-pairwise-pw04-W4-M6-bs4-h1024-k3-bf16-q2-se1x1-mask1d-q1-gbs16-ent1-empty_ranks"
+A3_TIES = "A3-legal-quant-ties-W4-M8-bs4-h1024-k3-bf16-q2-ent1-quant_ties"
+A3_CANCEL = "A3-legal-combine-cancellation-W4-M8-bs4-h1024-k3-bf16-q0-c1-ent1-cancelling"
 
 
 def _d(case):
@@ -84,9 +86,7 @@ CATALOGUE: tuple[Mutant, ...] = (
            (_d(A2_BASE),)),
     # ---- quantisation (KB §3)
     Mutant("quant_round_half_away", "KB §3: int8 quant rounds half away from zero instead of half to even",
-           (_d(A3_Q2),), survives="no input hits an exact tie y = x*127/amax = 2n+0.5 (where the two modes "
-           "differ); the tagged inputs' ties all fall on odd 2n+1+0.5. Needs a quant case with a row like "
-           "[254*u, u, ...] (y = 0.5 -> RNE 0, away 1)"),
+           (_d(A3_TIES),)),  # rows with amax exactly 127 and n+0.5 values: exact ties
     Mutant("dyn_scale_amax_over_127", "KB §3: dynamic scale output amax/127 instead of 1/(127/amax)",
            (_d(A3_Q2),)),
     Mutant("smooth_row_off", "KB §3: smooth-scale row of MoE expert e is e, not e + sharedExpertNum",
@@ -110,12 +110,9 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant("combine_weights_shared", "KB §4.2: shared-expert rows multiplied by an expert weight "
            "(they are added unweighted)", (_r(A3_PW21),)),
     Mutant("combine_k_order", "KB §4.2: the fp32 accumulation runs k = K-1..0 instead of 0..K-1",
-           (_r(A3_BASE),), survives="combine is compared within 1 ulp of x's dtype (compare.py) and the inputs have no "
-           "cancellation, so reordering fp32 sums never moves the bf16/fp16 result by more than 1 ulp; needs a "
-           "combine case with cancelling weights (e.g. |R0*w0| ~ |R2*w2| >> |R1*w1|, opposite signs) or an exact (0-ulp) mode"),
+           (_r(A3_CANCEL),)),  # cancelling weights: reversed order loses the 2**-30 term
     Mutant("combine_fma", "KB §4.2: r*w+acc fused (one rounding) instead of Muls then Add (two)",
-           (_r(A3_BASE),), survives="same as combine_k_order: an FMA differs from mul+add by at most one fp32 rounding, "
-           "far below the 1-ulp bf16/fp16 combine tolerance; needs a cancellation case or a 0-ulp mode"),
+           (_r(A3_CANCEL),)),  # cancelling weights: an FMA keeps the residual mul+add rounds away
     # ---- parameter checks and statuses (KB §6)
     Mutant("null_status_wrong", "KB §6.1: a null/empty required argument gives 161002 instead of 161001",
            (_i("A3-illegal-any.groupEp.empty"),)),
