@@ -139,11 +139,13 @@ def token_outputs(g: Geo, grp, s: int, inp: dict, ret: dict, pos, bufs: dict) ->
     acc[...] = 0
     for k in range(K):
         wk = w[:, k : k + 1]
-        np.multiply(term3[:, k, :], wk, out=tmp)  # Muls: one fp32 rounding
         c = contrib[:, k]
         if c.all():
+            np.multiply(term3[:, k, :], wk, out=tmp)  # Muls: one fp32 rounding
             np.add(acc, tmp, out=acc)  # Add: a second rounding (not an FMA)
         elif c.any():
+            # entries that contribute nothing hold stale buffer values: never compute on them
+            np.multiply(term3[:, k, :], wk, out=tmp, where=c[:, None])
             np.add(acc, tmp, out=acc, where=c[:, None])
     a_idx = np.nonzero(act)[0]
     for j in range(g.SE):
