@@ -23,51 +23,15 @@ from moe_cts.world import WorldBroken, WorldPool
 from moe_cts.world.pool import DUMP_WAIT_S
 
 HERE = __name__
+JOBS = "moe_cts.world.jobs"  # health-check jobs and fault injections shared with benchmarks
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
-class _Stub:
-    name = "stub"
-
-    def dispatch(self, ctx, *a, **kw):
-        return "d"
-
-    def combine(self, ctx, *a, **kw):
-        return "c"
 
 
-def factory(**options):
-    return _Stub()
 
 
-def job_a2a(ctx, backend, payload):
-    import torch
-
-    t = ctx.transport
-    g = ctx.groups[ctx.ep_group]
-    n = t.group_size(g)
-    out = torch.empty(n, dtype=torch.int64)
-    t.all_to_all_single(out, torch.full((n,), ctx.rank, dtype=torch.int64), group=g)
-    return {"ep": out.tolist(), "pid": os.getpid(), "world": ctx.world_size, "env": ctx.env.get("HCCL_BUFFSIZE")}
-
-
-def job_raise_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        raise AclnnError(161002, "bad dtype", constraint="x.dtype")
-    return ctx.rank
-
-
-def job_sleep_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        time.sleep(600)
-    return ctx.rank
-
-
-def job_exit_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        os._exit(9)
-    return ctx.rank
 
 
 def _free_port() -> int:
@@ -102,7 +66,7 @@ env: {{HCCL_BUFFSIZE: "300"}}
          "--monitor-interval", "0.2", "-m", "moe_cts.world.torchrun_worker", "--driver", f"127.0.0.1:{port}",
          "--connect-timeout", "120"],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    pool = WorldPool(fx, backend_spec=f"{HERE}:factory")
+    pool = WorldPool(fx, backend_spec=f"{JOBS}:null_backend")
     try:
         yield pool, proc, d / "torchrun.log"
     finally:
@@ -122,19 +86,19 @@ env: {{HCCL_BUFFSIZE: "300"}}
 
 def test_torchrun_world_runs_jobs(launched):
     pool, proc, log = launched
-    outs = pool.run(2, f"{HERE}:job_a2a")
+    outs = pool.run(2, f"{JOBS}:alltoall_ranks")
     assert [o.value["ep"] for o in outs] == [[0, 1], [0, 1]], log.read_text()[-2000:]
     assert outs[0].value["env"] == "300" and outs[0].value["world"] == 2
-    again = pool.run(2, f"{HERE}:job_a2a")
+    again = pool.run(2, f"{JOBS}:alltoall_ranks")
     assert [o.value["pid"] for o in again] == [o.value["pid"] for o in outs]  # warm
-    one = pool.run(1, f"{HERE}:job_a2a")  # a smaller case on the same torchrun world
+    one = pool.run(1, f"{JOBS}:alltoall_ranks")  # a smaller case on the same torchrun world
     assert one[0].value["ep"] == [0] and one[0].value["world"] == 1
 
 
 def test_torchrun_exception_is_an_outcome(launched):
     pool, _, _ = launched
-    outs = pool.run(2, f"{HERE}:job_raise_on", 1)
-    assert outs[0].ok and type(outs[1].error) is AclnnError and outs[1].error.status == 161002
+    outs = pool.run(2, f"{JOBS}:raise_on", 1)
+    assert outs[0].ok and type(outs[1].error) is AclnnError and outs[1].error.status == 161001
 
 
 def test_torchrun_hang_then_fresh_world(launched):
@@ -142,10 +106,10 @@ def test_torchrun_hang_then_fresh_world(launched):
     pids = pool.pids
     t0 = time.monotonic()
     with pytest.raises(WorldBroken) as ei:
-        pool.run(2, f"{HERE}:job_sleep_on", 0, deadline_s=2)
+        pool.run(2, f"{JOBS}:sleep_on", 0, deadline_s=2)
     assert ei.value.kind == "hang" and time.monotonic() - t0 < 2 + DUMP_WAIT_S + 3
-    assert "job_sleep_on" in ei.value.stacks.get(0, ""), ei.value.stacks
-    outs = pool.run(2, f"{HERE}:job_a2a")  # torchrun restarted the group
+    assert "sleep_on" in ei.value.stacks.get(0, ""), ei.value.stacks
+    outs = pool.run(2, f"{JOBS}:alltoall_ranks")  # torchrun restarted the group
     assert all(o.ok for o in outs), log.read_text()[-2000:]
     assert set(pool.pids).isdisjoint(pids)
 
@@ -153,9 +117,9 @@ def test_torchrun_hang_then_fresh_world(launched):
 def test_torchrun_crash_then_fresh_world(launched):
     pool, _, log = launched
     with pytest.raises(WorldBroken) as ei:
-        pool.run(2, f"{HERE}:job_exit_on", 1, deadline_s=20)
+        pool.run(2, f"{JOBS}:exit_on", 1, deadline_s=20)
     assert ei.value.kind == "crash"
-    assert all(o.ok for o in pool.run(2, f"{HERE}:job_a2a")), log.read_text()[-2000:]
+    assert all(o.ok for o in pool.run(2, f"{JOBS}:alltoall_ranks")), log.read_text()[-2000:]
 
 
 def test_torchrun_exits_cleanly_on_close(launched):
