@@ -16,7 +16,8 @@ $(VENV)/.stamp: pyproject.toml requirements.lock tools/bootstrap.sh
 run: venv
 	rm -rf $(RESULTS)
 	$(BIN)/python -m pytest conformance -m $(TIER) --fixture $(FIXTURE) --alluredir $(RESULTS) $(PYTEST_ARGS); rc=$$?; \
-	$(MAKE) --no-print-directory report; exit $$rc
+	$(MAKE) --no-print-directory report; report_rc=$$?; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$report_rc  # the report is written even when cases fail
 
 report: venv
 	$(BIN)/moe-cts report --results $(RESULTS) --out reports/html
