@@ -124,6 +124,9 @@ def dispatch_kwargs(p: OpParams, inp: dict, ctx, overrides: dict | None = None) 
         kw["performance_info"] = torch.zeros(p.ep_world_size, dtype=torch.int64, device=dev)
     if overrides:
         overrides = dict(overrides)
+        y = overrides.pop("tensors.expand_x.dtype", None)
+        if y is not None:
+            kw["y_dtype"] = Y_DTYPE[y]
         _materialise_absent(kw, p, g, overrides, dev)
         for name in ("group_ep", "group_tp"):
             # the spec's call descriptions name the groups "ep" / "tp": map them to this world's names
@@ -135,6 +138,9 @@ def dispatch_kwargs(p: OpParams, inp: dict, ctx, overrides: dict | None = None) 
 
 
 GROUP_PLACEHOLDERS = {"ep": "ep_group", "tp": "tp_group"}
+# torch_npu's y_dtype keyword (torch ScalarType numbers) is how a caller chooses expand_x's dtype: the
+# only way an expand_x dtype override reaches the kernel through torch_npu
+Y_DTYPE = {"int8": 1, "float16": 5, "bfloat16": 15}
 
 
 def _materialise_absent(kw: dict, p: OpParams, rank: int, overrides: dict, device: str) -> None:
