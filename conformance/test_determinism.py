@@ -1,9 +1,11 @@
 """Determinism: the doc says dispatch is deterministic; the same case twice gives identical bytes."""
 import numpy as np
+import pytest
 
 from moe_cts import suite
 from moe_cts.runner import valid_rows_from
 
+pytestmark = pytest.mark.determinism  # select this concern with -m determinism
 CASE_KIND = "legal"
 # one case per pairwise row is plenty: determinism does not depend on boundaries
 CASE_FILTER = lambda c: c.feature in ("base", "pairwise")

@@ -2,9 +2,12 @@
 works, absent when not passed; where the product's profile rejects it, expect that status."""
 import dataclasses
 
+import pytest
+
 from moe_cts import suite
 from moe_cts.cases import checked_violations
 
+pytestmark = pytest.mark.perf_info  # select this concern with -m perf_info
 CASE_KIND = "legal"
 CASE_FILTER = lambda c: c.feature == "base"
 

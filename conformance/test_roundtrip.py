@@ -2,8 +2,11 @@
 
 This is the normative check of the opaque outputs (assist_info, ep/tp_recv_counts): combine can only
 put every row back where it belongs if dispatch described them correctly."""
+import pytest
+
 from moe_cts import suite
 
+pytestmark = pytest.mark.roundtrip  # select this concern with -m roundtrip
 CASE_KIND = "legal"
 
 

@@ -120,6 +120,8 @@ def _marks_for(case, st) -> list:
     marks = [getattr(pytest.mark, t) for t in cases_mod.TIERS[cases_mod.TIERS.index(case.tier):]]
     marks.append(getattr(pytest.mark, case.product.lower()))
     marks.append(getattr(pytest.mark, "legal" if case.legal else "illegal"))
+    if case.expect_constraint and "hcclBuffsize" in case.expect_constraint:
+        marks.append(pytest.mark.buffsize)
     fx = st.fixture
     if st.unavailable:
         marks.append(pytest.mark.skip(reason=st.unavailable))
