@@ -3,7 +3,6 @@
 The doc requires these to agree on every rank but promises no status. Whatever the kernel does, the
 run must end: an error on some rank passes; a hang is caught by the world's deadline and reported
 as *broken: hang* (the run goes on); silent acceptance is reported as a warning (undefined)."""
-import dataclasses
 import warnings
 
 import pytest

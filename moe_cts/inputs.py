@@ -357,7 +357,7 @@ def rank_inputs(params: OpParams, seed: int, rank: int, routing: str = "uniform"
     ep = params.ep_rank(rank)
     bs = params.bs_of(ep)
     dt = x_np_dtype(params)
-    h, K = params.h, params.k
+    h = params.h
     recipe = routing if routing in RECIPES else None
     if recipe:
         routing = "uniform"

@@ -234,7 +234,6 @@ def run_case_on_rank(ctx, backend, payload: dict) -> dict:
     """The world job for one case. payload: {"case": Case.to_dict(), "combine": bool, "repeat": int}."""
     from moe_cts.cases import Case
     from moe_cts.experts import apply_experts
-    from moe_cts.inputs import rank_inputs
 
     case = Case.from_dict(payload["case"])
     if payload.get("perf_probe"):

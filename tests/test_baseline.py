@@ -1,8 +1,6 @@
 """Baselines and qualification: file validation, the per-case diff, and the end-to-end promise (a baseline
 of the sim qualified against a mutant backend names exactly the mutant's failures)."""
-import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

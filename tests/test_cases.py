@@ -25,7 +25,6 @@ def test_legal_case_breaks_no_checked_row(case):
 
 @pytest.mark.parametrize("case", [c for c in ALL if c.kind == "illegal"], ids=lambda c: c.id)
 def test_illegal_case_breaks_exactly_its_row(case):
-    env = case.env_dict() or None
     ov = dict(case.overrides)
     ov.update({f"env.{k}": int(v) if str(v).isdigit() else v for k, v in case.env})
     fired = sorted({v.constraint for v in checked_violations(case.params, ov, case.profile)})

@@ -5,7 +5,6 @@ The CUDA test runs only where torch sees >= 2 GPUs (cuda-2 fixture: spawn, nccl,
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import pytest
