@@ -375,8 +375,9 @@ def _legal(product: str, profile: str) -> list[Case]:
     # inputs built so that a wrong rounding mode or summation order cannot hide under 1 ulp
     if product == "A3":
         for dt in ("bfloat16", "float16"):
-            add(base.replace(quant_mode=2, x_dtype=dt), "quant-ties", "nightly", routing="quant_ties")
-            add(base.replace(k=3, copy_expert_num=1, x_dtype=dt), "combine-cancellation", "nightly",
+            tier = "smoke" if dt == "bfloat16" else "nightly"  # cheap (4 ranks) and they see what 1 ulp hides
+            add(base.replace(quant_mode=2, x_dtype=dt), "quant-ties", tier, routing="quant_ties")
+            add(base.replace(k=3, copy_expert_num=1, x_dtype=dt), "combine-cancellation", tier,
                 routing="cancelling")
     # pairwise covering of the feature dimensions
     for i, (combo, p, routing) in enumerate(pairwise(product, base, profile)):
