@@ -18,6 +18,7 @@ from moe_cts.world.pool import DUMP_WAIT_S
 from moe_cts.world.worker import layout_groups
 
 HERE = __name__
+JOBS = "moe_cts.world.jobs"  # fault injections shared with the device/torchrun tests and benchmarks
 SIM = os.path.join(os.path.dirname(__file__), "..", "fixtures", "sim.yaml")
 
 
@@ -92,16 +93,6 @@ def job_a2a(ctx, backend, payload):
             "env": ctx.env.get("HCCL_BUFFSIZE"), "product": ctx.product, "payload": payload}
 
 
-def job_sleep_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        time.sleep(600)  # the hung rank
-    return ctx.rank
-
-
-def job_exit_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        os._exit(7)
-    return ctx.rank
 
 
 def job_sigkill_on(ctx, backend, payload):
@@ -109,11 +100,6 @@ def job_sigkill_on(ctx, backend, payload):
         os.kill(os.getpid(), signal.SIGKILL)
     return ctx.rank
 
-
-def job_raise_on(ctx, backend, payload):
-    if ctx.rank == payload:
-        raise AclnnError(561002, "HCCL_BUFFSIZE too small", constraint="A3.buffsize.min")
-    return ctx.rank
 
 
 class Unpicklable(Exception):
@@ -227,12 +213,12 @@ def test_layout_groups_match_model():
 def test_hang_is_broken_within_deadline_then_next_passes(pool):
     t0 = time.monotonic()
     with pytest.raises(WorldBroken) as ei:
-        pool.run(4, f"{HERE}:job_sleep_on", 2, deadline_s=1.5)
+        pool.run(4, f"{JOBS}:sleep_on", 2, deadline_s=1.5)
     took = time.monotonic() - t0
     e = ei.value
     assert e.kind == "hang" and "[2]" in e.message
     assert took < 1.5 + DUMP_WAIT_S + 2, took  # deadline + stack dumps (ms, capped) + kill
-    assert "job_sleep_on" in e.stacks[2] and "time.sleep" not in e.stacks[0]
+    assert "sleep_on" in e.stacks[2] and "time.sleep" not in e.stacks[0]
     assert set(e.stacks) == {0, 1, 2, 3}
     assert sorted(o.rank for o in e.outcomes) == [0, 1, 3]  # what did arrive
     outs = pool.run(4, f"{HERE}:job_a2a")
@@ -287,8 +273,8 @@ def test_big_payload_and_values(pool):
 
 def test_exit_is_broken_crash_then_next_passes(pool):
     with pytest.raises(WorldBroken) as ei:
-        pool.run(4, f"{HERE}:job_exit_on", 1, deadline_s=10)
-    assert ei.value.kind == "crash" and "rank 1" in ei.value.message and "code 7" in ei.value.message
+        pool.run(4, f"{JOBS}:exit_on", 1, deadline_s=10)
+    assert ei.value.kind == "crash" and "rank 1" in ei.value.message and "code 5" in ei.value.message
     assert all(o.ok for o in pool.run(4, f"{HERE}:job_a2a"))
 
 
@@ -303,12 +289,12 @@ def test_killed_rank_is_broken_crash_then_next_passes(pool):
 
 def test_exception_is_an_outcome_and_world_survives(pool):
     pids = [o.value for o in pool.run(4, f"{HERE}:job_pid")]
-    outs = pool.run(4, f"{HERE}:job_raise_on", 3)
+    outs = pool.run(4, f"{JOBS}:raise_on", 3)
     assert [o.ok for o in outs] == [True, True, True, False]
     err = outs[3].error
     assert type(err) is AclnnError
-    assert (err.status, err.constraint, err.message) == (561002, "A3.buffsize.min", "HCCL_BUFFSIZE too small")
-    assert err.rank == 3 and "job_raise_on" in err.remote_traceback
+    assert (err.status, err.constraint, err.message) == (161001, "x.null", "x is null")
+    assert err.rank == 3 and "raise_on" in err.remote_traceback
     assert [o.value for o in pool.run(4, f"{HERE}:job_pid")] == pids  # same world
 
 
@@ -339,10 +325,10 @@ def test_loopback_world_of_32(pool):
 
 def test_loopback_hang_and_exception(pool):
     with pytest.raises(WorldBroken) as ei:
-        pool.run(32, f"{HERE}:job_sleep_on", 17, deadline_s=1.5)
-    assert ei.value.kind == "hang" and "job_sleep_on" in ei.value.stacks[17]
-    outs = pool.run(32, f"{HERE}:job_raise_on", 9)
-    assert outs[9].error.status == 561002 and sum(o.ok for o in outs) == 31
+        pool.run(32, f"{JOBS}:sleep_on", 17, deadline_s=1.5)
+    assert ei.value.kind == "hang" and "sleep_on" in ei.value.stacks[17]
+    outs = pool.run(32, f"{JOBS}:raise_on", 9)
+    assert outs[9].error.status == 161001 and sum(o.ok for o in outs) == 31
     assert all(o.ok for o in pool.run(32, f"{HERE}:job_a2a"))
 
 
