@@ -308,7 +308,7 @@ def _combine_checks(op: str, desc: CallDesc):
             fail(ACLNN_ERR_PARAM_INVALID, f"{n}.maxlen", f"len({n})={len(a[n])} not < 128")
     ex, ids = t["expand_x"], t["expert_ids"]
     bs, H = ids.shape[0], ex.shape[1] if len(ex.shape) == 2 else None
-    Z, C, Q = a.get("zero_expert_num", 0), a.get("copy_expert_num", 0), a.get("const_expert_num", 0)
+    C, Q = a.get("copy_expert_num", 0), a.get("const_expert_num", 0)
     T = 561002
     if a.get("comm_quant_mode") not in (0, 2):
         fail(T, "commQuantMode.enum", f"comm_quant_mode={a.get('comm_quant_mode')} not in [0, 2]")
@@ -446,6 +446,20 @@ class SimBackend:
         return CallDesc(product=ctx.product, attrs={"op": op, **attrs},
                         tensors={k: _desc(v) for k, v in tensors.items()}, env=_env(ctx))
 
+    def _combine_prologue(self, ctx, op, tensors, attrs):
+        """Both combine flavours: parameter checks before any communication, then the EP/TP groups, then
+        one all_reduce proving every rank passed the same must-agree attributes. Returns (ep, tp group)."""
+        self._run_checks(op, self._combine_desc(ctx, op, tensors, attrs))
+        a, ex, ids = attrs, tensors["expand_x"], tensors["expert_ids"]
+        ep = self._group(ctx, a["group_ep"], "EP")
+        tpg = self._group(ctx, a["group_tp"], "TP") if (a["tp_world_size"] == 2 and ctx.product != "A2") else None
+        _agree(ctx.transport, ep, tpg, a["ep_world_size"],
+               ("combine", ctx.product, a["ep_world_size"], a["moe_expert_num"], a["shared_expert_num"],
+                a["shared_expert_rank_num"], a["global_bs"], a["comm_alg"], a["comm_quant_mode"],
+                a["zero_expert_num"], a["copy_expert_num"], a["const_expert_num"], a["tp_world_size"],
+                ex.shape[1], ids.shape[1], str(ex.dtype)), _dev(ctx, ex))
+        return ep, tpg
+
     def combine(self, ctx, expand_x, expert_ids, assist_info_for_combine, ep_send_counts, expert_scales, group_ep,
                 ep_world_size, ep_rank_id, moe_expert_num, *, tp_send_counts=None, x_active_mask=None,
                 expand_scales=None, shared_expert_x=None, elastic_info=None, ori_x=None, const_expert_alpha_1=None,
@@ -471,13 +485,7 @@ class SimBackend:
                        ori_x=ori_x, const_expert_alpha_1=const_expert_alpha_1,
                        const_expert_alpha_2=const_expert_alpha_2, const_expert_v=const_expert_v,
                        performance_info=performance_info)
-        self._run_checks("combine", self._combine_desc(ctx, "combine", tensors, attrs))
-        ep = self._group(ctx, group_ep, "EP")
-        tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
-        _agree(ctx.transport, ep, tpg, ep_world_size,
-               ("combine", ctx.product, ep_world_size, moe_expert_num, shared_expert_num, shared_expert_rank_num,
-                gbs, comm_alg, comm_quant_mode, zero_expert_num, copy_expert_num, const_expert_num, tp_world_size,
-                expand_x.shape[1], expert_ids.shape[1], str(expand_x.dtype)), _dev(ctx, expand_x))
+        ep, tpg = self._combine_prologue(ctx, "combine", tensors, attrs)
         acc, active = _combine_acc(ctx, ep, tpg, expand_x, expert_ids, assist_info_for_combine, ep_send_counts,
                                    expert_scales, tp_send_counts, x_active_mask, shared_expert_x, ori_x,
                                    const_expert_alpha_1, const_expert_alpha_2, const_expert_v, performance_info,
@@ -517,13 +525,7 @@ class SimBackend:
                        shared_expert_x=shared_expert_x, elastic_info=elastic_info, ori_x=ori_x,
                        const_expert_alpha_1=const_expert_alpha_1, const_expert_alpha_2=const_expert_alpha_2,
                        const_expert_v=const_expert_v)
-        self._run_checks("combine_add_rms_norm", self._combine_desc(ctx, "combine_add_rms_norm", tensors, attrs))
-        ep = self._group(ctx, group_ep, "EP")
-        tpg = self._group(ctx, group_tp, "TP") if (tp_world_size == 2 and ctx.product != "A2") else None
-        _agree(ctx.transport, ep, tpg, ep_world_size,
-               ("combine", ctx.product, ep_world_size, moe_expert_num, shared_expert_num, shared_expert_rank_num,
-                gbs, comm_alg, comm_quant_mode, zero_expert_num, copy_expert_num, const_expert_num, tp_world_size,
-                expand_x.shape[1], expert_ids.shape[1], str(expand_x.dtype)), _dev(ctx, expand_x))
+        ep, tpg = self._combine_prologue(ctx, "combine_add_rms_norm", tensors, attrs)
         acc, active = _combine_acc(ctx, ep, tpg, expand_x, expert_ids, expand_idx, ep_send_counts, expert_scales,
                                    tp_send_counts, x_active_mask, shared_expert_x, ori_x, const_expert_alpha_1,
                                    const_expert_alpha_2, const_expert_v, None, ep_world_size, ep_rank_id,
@@ -673,7 +675,6 @@ def _dispatch(ctx, ep, tpg, meta, x, expert_ids, scales, x_active_mask, expert_s
     tok_nums = rcnt[:, :L].sum(0)
 
     # ---- TP all_gather: [own ; peer]
-    own_total = n_recv
     if cfg.tp == 2:
         tsz = 2
         totals = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(tsz)]
