@@ -145,8 +145,7 @@ def _serve(store, transport, backend, cfg, rc, rank, world, device) -> None:
     import torch.distributed as dist
 
     from moe_cts.backends.base import RankContext
-    from moe_cts.world.outcome import pack_exception
-    from moe_cts.world.worker import _Groups, _run_one, resolve_job
+    from moe_cts.world.worker import _Groups, run_job
 
     groups: dict[int, _Groups] = {}
     seq = 0
@@ -175,13 +174,7 @@ def _serve(store, transport, backend, cfg, rc, rank, world, device) -> None:
             continue  # not part of this (smaller) world: it only helped make the groups
         ctx = RankContext(rank=rank, world_size=n, device=device, ep_group=ep_name, tp_group=tp_name,
                           groups=dict(mine), env=dict(cfg.get("env") or {}), product=product, transport=transport)
-        try:
-            fn = resolve_job(job)
-            payload = pickle.loads(payload_blob)
-        except BaseException as exc:  # noqa: BLE001
-            ok, blob = False, pack_exception(exc)
-        else:
-            ok, blob = _run_one(fn, ctx, backend, payload)
+        ok, blob = run_job(job, payload_blob, ctx, backend)
         store.set(f"res/{rc}/{seq}/{rank}", pickle.dumps(("result", ok, blob), protocol=pickle.HIGHEST_PROTOCOL))
 
 

@@ -173,6 +173,17 @@ def _recv(conn, cfg: dict):
             return None
 
 
+def run_job(job: str, payload_blob: bytes, ctx: RankContext, backend) -> tuple[bool, bytes]:
+    """Resolve ``job``, unpickle its payload and run it on this rank: (ok, pickled value or packed error).
+    Shared by the local rank worker and the torchrun worker."""
+    try:
+        fn = resolve_job(job)
+        payload = pickle.loads(payload_blob)
+    except BaseException as exc:  # noqa: BLE001 - a bad job name or payload is this rank's error
+        return False, pack_exception(exc)
+    return _run_one(fn, ctx, backend, payload)
+
+
 def _run_one(fn: Callable, ctx: RankContext, backend, payload) -> tuple[bool, bytes]:
     try:
         value = fn(ctx, backend, payload)
@@ -234,13 +245,7 @@ def rank_main(conn, rank: int, world_size: int, cfg: dict) -> None:
             continue
         ctx = RankContext(rank=rank, world_size=world_size, device=device, ep_group=ep_name, tp_group=tp_name,
                           groups=dict(mine), env=dict(cfg.get("env") or {}), product=product, transport=transport)
-        try:
-            fn = resolve_job(job)
-            payload = pickle.loads(payload_blob)
-        except BaseException as exc:  # noqa: BLE001
-            _send(conn, None, ("result", seq, rank, False, pack_exception(exc)))
-            continue
-        ok, blob = _run_one(fn, ctx, backend, payload)
+        ok, blob = run_job(job, payload_blob, ctx, backend)
         _send(conn, None, ("result", seq, rank, ok, blob))
     try:
         dist.destroy_process_group()
