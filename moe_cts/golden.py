@@ -187,9 +187,6 @@ def regenerate(root: Path = ROOT, profile: str = "v4-doc", echo=print) -> int:
     """Recompute every golden from the oracle and write it; print what changed. Returns #changed cases."""
     from moe_cts.suite import oracle
 
-    class _St:
-        refs: dict = {}
-
     root.mkdir(parents=True, exist_ok=True)
     (root / "tensors").mkdir(exist_ok=True)
     try:
@@ -200,7 +197,7 @@ def regenerate(root: Path = ROOT, profile: str = "v4-doc", echo=print) -> int:
     full = 0
     changed = 0
     for case in canonical_cases(profile):
-        orc = oracle(_St, case)
+        orc = oracle(None, case)
         rec = case_record(case, orc)
         size = sum(np.asarray(a).nbytes for d in orc.dispatch for a in valid_regions(case.params, d).values() if a is not None)
         rec["tensors"] = None
@@ -217,7 +214,6 @@ def regenerate(root: Path = ROOT, profile: str = "v4-doc", echo=print) -> int:
             "generator_version": cases_mod.GENERATOR_VERSION, "moe_cts": _version(),
             "date": _dt.date.today().isoformat()}
         new_cases[case.id] = rec
-        _St.refs.clear()
     for cid in sorted(set(old) - set(new_cases)):
         changed += 1
         echo(f"{cid}: removed (no longer a canonical case)")
@@ -237,9 +233,6 @@ def verify(root: Path = ROOT, profile: str = "v4-doc", echo=print) -> list[str]:
     """Every stored golden against a fresh oracle. Returns the problems (one line each)."""
     from moe_cts.suite import oracle
 
-    class _St:
-        refs: dict = {}
-
     m = _load_manifest(root)
     problems = []
     by_id = {c.id: c for c in cases_mod.generate(m.get("profile", profile))}
@@ -248,8 +241,7 @@ def verify(root: Path = ROOT, profile: str = "v4-doc", echo=print) -> list[str]:
         if case is None:
             problems.append(f"golden {cid} ({root / MANIFEST}): stale: the generator no longer produces this case")
             continue
-        orc = oracle(_St, case)
-        _St.refs.clear()
+        orc = oracle(None, case)
         rec = case_record(case, orc)
         diff = _diff_records(entry, rec)
         if diff:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe_cts.cases import Case
-from moe_cts.compare import Comparison, compare_combine, compare_dispatch
+from moe_cts.compare import EXACT, Comparison, compare_combine, compare_dispatch
 from moe_cts.model import STATUS_NAMES
 from moe_cts.report import label_drift, phase
 
@@ -72,8 +72,9 @@ class Oracle:
 
 
 def oracle(st, case: Case) -> Oracle:
-    """The reference model's answer for every rank (cached per case)."""
-    hit = st.refs.get(case.id)
+    """The reference model's answer for every rank (cached per case in the session ``st``; no cache when
+    ``st`` is None, as for the golden store)."""
+    hit = st.refs.get(case.id) if st is not None else None
     if hit is not None:
         return hit
     from moe_cts import reference
@@ -88,7 +89,8 @@ def oracle(st, case: Case) -> Oracle:
                       for g, d in enumerate(disp)]
         comb = reference.combine(p, inputs, expert_out)
     o = Oracle(inputs, disp, comb)
-    st.refs[case.id] = o
+    if st is not None:
+        st.refs[case.id] = o
     return o
 
 
@@ -124,7 +126,7 @@ def _source_fn(product: str, ref_rank: dict):
 def judge_dispatch(st, case: Case, values: list[dict], orc: Oracle, run_index: int = -1) -> Comparison:
     from moe_cts.inputs import decode_tag
 
-    cmp = Comparison(case.id, tolerance=st.tolerance if st else Comparison(case.id).tolerance)
+    cmp = Comparison(case.id, tolerance=st.tolerance if st else EXACT)
     with phase("compare dispatch outputs"):
         _judge_dispatch(case, values, orc, run_index, cmp, decode_tag)
     return cmp
@@ -145,7 +147,7 @@ def _tagger(case: Case, decode_tag):
 
 
 def judge_combine(st, case: Case, values: list[dict], orc: Oracle) -> Comparison:
-    cmp = Comparison(case.id, tolerance=st.tolerance if st else Comparison(case.id).tolerance)
+    cmp = Comparison(case.id, tolerance=st.tolerance if st else EXACT)
     with phase("compare combine output"):
         for g, v in enumerate(values):
             compare_combine(case.id, case.params, g, orc.combine[g], v["combine"], cmp=cmp, tolerance=cmp.tolerance)
