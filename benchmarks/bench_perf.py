@@ -7,7 +7,7 @@
 Prints one line per case (latency, algorithmic bandwidth, the bare all_to_all of the same bytes and the
 ratio op / all_to_all, which is what is compared across runs), writes perf.json and bandwidth.png into
 --out, and with --slow-rank reports which rank the DeepXTrace analysis flags (the one injected, if the
-analysis works). Same world job as `moe-cts perf` (moe_cts.perf:perf_job).
+analysis works). Same world job as `moe-cts perf` (moe_cts.suite.perf:perf_job).
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from moe_cts import perf  # noqa: E402
-from moe_cts.fixtures import load_fixture  # noqa: E402
+from moe_cts.report import perf as perf_report  # noqa: E402
+from moe_cts.suite import perf  # noqa: E402
+from moe_cts.world.fixtures import load_fixture  # noqa: E402
 from moe_cts.world import WorldPool  # noqa: E402
 
 
@@ -55,19 +56,19 @@ def main(argv=None) -> int:
         for c in perf.perf_cases(product=a.product):
             rec = perf.run(st, c, warmup=a.warmup, iters=a.iters)
             recs.append(rec)
-            print(perf.text(rec), flush=True)
+            print(perf_report.text(rec), flush=True)
         if a.slow_rank is not None:
             c = perf.slow_case()
             rec = perf.run(st, c, warmup=1, iters=3, slow={"rank": a.slow_rank, "delay_s": a.slow_delay})
             recs.append(rec)
-            print(perf.text(rec))
+            print(perf_report.text(rec))
             print(f"injected rank {a.slow_rank} ({a.slow_delay:g} s): flagged {rec.get('slow_ranks')}")
     finally:
         st.pool.close()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "perf.json"), "w") as f:
         json.dump(recs, f, indent=1, default=str)
-    png = perf.plot_bandwidth(recs, os.path.join(a.out, "bandwidth.png"))
+    png = perf_report.plot_bandwidth(recs, os.path.join(a.out, "bandwidth.png"))
     print(f"{len(recs)} cases in {time.perf_counter() - t0:.1f} s; {a.out}/perf.json" + (f", {png}" if png else ""))
     return 0
 

@@ -37,7 +37,7 @@ def _child(kind: str, extra: dict) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res: dict = {}
     if kind == "rank":
-        from moe_cts import reference as R
+        from moe_cts.oracle import reference as R
 
         p = OpParams(**{**BIG, **extra})
         R.dispatch_rank(p, 0, 3)  # warm the value pool (per seed/h/dtype), not timed
@@ -63,8 +63,8 @@ def _child(kind: str, extra: dict) -> dict:
         _, gw, gc = _timed(lambda: src16[idx], 5)
         res["gather16"] = (gw, gc)
     elif kind == "world":
-        from moe_cts import reference as R
-        from moe_cts.inputs import rank_inputs
+        from moe_cts.oracle import reference as R
+        from moe_cts.cases.inputs import rank_inputs
 
         p = OpParams(**{**WORLD16, **extra})
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def _child(kind: str, extra: dict) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         d = R.dispatch(p, ins)
         t1, c1 = time.perf_counter(), time.process_time()
-        from moe_cts.experts import apply_experts
+        from moe_cts.cases.experts import apply_experts
 
         eo = [apply_experts(p, g, o["expand_x"], o["dynamic_scales"], o["expert_token_nums"], o["valid_rows"])
               for g, o in enumerate(d)]

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from moe_cts.fixtures import load_fixture  # noqa: E402
+from moe_cts.world.fixtures import load_fixture  # noqa: E402
 from moe_cts.world import WorldPool  # noqa: E402
 
 HERE = "bench_world"

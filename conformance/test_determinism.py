@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from moe_cts import suite
-from moe_cts.runner import valid_rows_from
+from moe_cts.suite.rank import valid_rows_from
 
 pytestmark = pytest.mark.determinism  # select this concern with -m determinism
 CASE_KIND = "legal"

@@ -2,7 +2,8 @@
 
 Normative outputs decide pass/fail; implementation-defined ones are compared exactly and reported
 as drift (DESIGN.md)."""
-from moe_cts import golden, suite
+from moe_cts import suite
+from moe_cts.oracle import golden
 
 CASE_KIND = "legal"
 

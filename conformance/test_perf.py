@@ -8,8 +8,9 @@ analysis to name that rank. Every case here carries only the ``perf`` marker, so
 Results: reports/html/perf/perf.json and reports/html/perf/bandwidth.png (``--perf-out``)."""
 import pytest
 
-from moe_cts import perf
-from moe_cts.report import pytest_hooks
+from moe_cts.report import perf as perf_report
+from moe_cts.suite import perf
+from moe_cts.suite import records
 
 SLOW_RANK = 5
 
@@ -22,7 +23,7 @@ def _attach(rec):
     try:
         import allure
 
-        allure.attach(perf.text(rec), name="perf summary", attachment_type=allure.attachment_type.TEXT)
+        allure.attach(perf_report.text(rec), name="perf summary", attachment_type=allure.attachment_type.TEXT)
     except Exception:
         pass
 
@@ -49,9 +50,9 @@ def test_bandwidth(pcase, cts, request):
     r = request.config.getoption("--perf-slow-rank")
     slow = None if r is None else {"rank": r, "delay_s": request.config.getoption("--perf-slow-delay")}
     rec = perf.run(cts, pcase, slow=slow, **_opts(request.config))
-    pytest_hooks.add_perf_record(request.config, request.node.nodeid, rec)
+    records.add_perf_record(request.config, request.node.nodeid, rec)
     _attach(rec)
-    print(perf.text(rec))
+    print(perf_report.text(rec))
     for what in ("dispatch", "combine"):
         assert rec[what]["latency_s"] > 0 and rec[what]["alltoall_latency_s"] > 0, f"{pcase.id}: {what} was not timed"
     if slow is not None and "slow_ranks" in rec:
@@ -67,9 +68,9 @@ def test_slow_rank_is_flagged(pcase, cts, request):
     _skip_unless_served(cts, pcase)
     delay = request.config.getoption("--perf-slow-delay")
     rec = perf.run(cts, pcase, warmup=1, iters=3, slow={"rank": SLOW_RANK, "delay_s": delay})
-    pytest_hooks.add_perf_record(request.config, request.node.nodeid, rec)
+    records.add_perf_record(request.config, request.node.nodeid, rec)
     _attach(rec)
-    print(perf.text(rec))
+    print(perf_report.text(rec))
     assert "diagnosis" in rec, f"{pcase.id}: no performance_info came back"
     assert rec["slow_ranks"] == [SLOW_RANK], (
         f"{pcase.id}: injected {delay:g} s on rank {SLOW_RANK}; slow-rank analysis flagged columns {rec['slow_ranks']} "

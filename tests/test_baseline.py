@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_cts import baseline
+from moe_cts.report import baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ["conformance/test_a.py::t[c1]", "conformance/test_a.py::t[c2]", "conformance/test_b.py::t[c1]"]
@@ -92,7 +92,7 @@ def test_row_order_inside_an_expert_group_is_an_implementation_defined_digest():
     import numpy as np
 
     from moe_cts.cases import BASES, Case
-    from moe_cts.report.pytest_hooks import digests_of
+    from moe_cts.suite.records import digests_of
     from moe_cts.world.outcome import RankOutcome
 
     case = Case(id="t", params=BASES["A3"], tier="smoke", kind="legal", feature="base", seed=1)
@@ -117,7 +117,9 @@ def test_row_order_inside_an_expert_group_is_an_implementation_defined_digest():
 
 
 def test_environment_fingerprint_names_the_stack():
-    env = baseline.environment()
+    from moe_cts.suite.environment import fingerprint
+
+    env = fingerprint()
     for key in ("torch", "torch_npu", "cann", "driver", "firmware", "soc"):
         assert key in env
 
@@ -145,7 +147,7 @@ def test_qualify_against_a_mutant_names_exactly_its_failures(tmp_path):
     # mutant (expand_x row 0 zeroed): dispatch and round trip fail, determinism still passes
     js = tmp_path / "diff.json"
     md = tmp_path / "diff.md"
-    r = _cli("qualify", "--baseline", str(b), "--backend", "moe_cts.report.mutants:zero_first_row", "--quiet",
+    r = _cli("qualify", "--baseline", str(b), "--backend", "moe_cts.mutants.examples:zero_first_row", "--quiet",
              "--json", str(js), "--md", str(md))
     assert r.returncode == 1, r.stdout + r.stderr
     d = json.loads(js.read_text())

@@ -3,7 +3,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from moe_cts.compare import Tolerance, compare_combine, compare_dispatch, ulp_distance
+from moe_cts.oracle.compare import Tolerance, compare_combine, compare_dispatch, ulp_distance
 from moe_cts.model import OpParams
 
 P = OpParams(product="A3", ep_world_size=2, moe_expert_num=4, bs=3, h=4, k=2, expert_token_nums_type=1)

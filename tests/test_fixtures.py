@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from moe_cts.fixtures import Fixture, FixtureError, list_fixtures, load_fixture
+from moe_cts.world.fixtures import Fixture, FixtureError, list_fixtures, load_fixture
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 GOOD = """\

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from moe_cts import golden
+from moe_cts.oracle import golden
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Self-tests of moe_cts.inputs: determinism, shapes, routing patterns, tags (also through int8)."""
+"""Self-tests of moe_cts.cases.inputs: determinism, shapes, routing patterns, tags (also through int8)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +7,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from moe_cts.inputs import ROUTINGS, decode_tag, decode_tag_quant, rank_inputs, scales_tensor, x_rows
+from moe_cts.cases.inputs import ROUTINGS, decode_tag, decode_tag_quant, rank_inputs, scales_tensor, x_rows
 from moe_cts.model import OpParams
-from moe_cts.reference.quant import dynamic_quant
+from moe_cts.oracle.reference.quant import dynamic_quant
 
 BASE = OpParams(product="A3", ep_world_size=4, moe_expert_num=6, bs=40, h=32, k=3, shared_expert_rank_num=1,
                 zero_expert_num=1, copy_expert_num=1, const_expert_num=2)
@@ -145,7 +145,7 @@ def test_tags_survive_int8(xd):
 def test_decode_tag_refuses_rows_that_are_not_payload_rows():
     import pytest as _pytest
 
-    from moe_cts.inputs import decode_tag
+    from moe_cts.cases.inputs import decode_tag
 
     with _pytest.raises(ValueError, match="not a payload row"):
         decode_tag(np.zeros(16, np.float32))  # a zeroed row must not read as (rank 0, token 0)

@@ -1,7 +1,7 @@
 """Mutation self-test: every catalogued mutant backend must be killed by the conformance suite.
 
 CI runs the FAST subset: per mutant only the nightly case(s) the catalogue names in ``kills``
-(tests/mutants/__init__.py), one pytest subprocess per mutant, two at a time (about 3-4 minutes on
+(moe_cts/mutants/__init__.py), one pytest subprocess per mutant, two at a time (about 3-4 minutes on
 2 cores). ``moe-cts mutate --tier nightly`` is the full sweep (docs/mutants.md has its table and the
 smoke tier's kill rate).
 
@@ -13,18 +13,12 @@ smoke tier's kill rate).
 """
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from moe_cts import mutate  # noqa: E402
-from tests.mutants import CATALOGUE  # noqa: E402
+from moe_cts.mutants import CATALOGUE
+from moe_cts.mutants import run as mutate
 
 DEADLINE_S = 10.0
 TIMEOUT_S = 240.0

@@ -252,7 +252,7 @@ def suite_runs():
 @pytest.mark.slow
 def test_suite_cases_agree_through_the_binding(suite_runs):
     """Every generated case small enough for a loopback world (<= 16 ranks, H <= 2048; A2 and A3), run by the suite's
-    own runner (moe_cts.runner.run_case_on_rank, its real keyword construction) twice: on sim directly and
+    own runner (moe_cts.suite.rank.run_case_on_rank, its real keyword construction) twice: on sim directly and
     on NpuBackend -> real-schema torch_npu stand-in -> sim. The defined outputs must be bit-identical and
     every rejection must carry the same kind and status: the npu path adds nothing and loses nothing."""
     assert suite_runs, "no small cases generated"

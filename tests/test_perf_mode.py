@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_cts import perf
+from moe_cts.report import perf as perf_report
+from moe_cts.suite import perf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +18,8 @@ def test_diagnose_flags_a_slow_source_column():
     m = np.full((8, 8), 10.0)
     m[:, 5] = 700.0
     m[5, 5] = 10.0  # the slow rank does not wait for itself
-    d = perf.diagnose(m)
-    assert perf.slow_ranks(d) == [5] and not d["abnormal_rows"] and not d["abnormal_points"]
+    d = perf_report.diagnose(m)
+    assert perf_report.slow_ranks(d) == [5] and not d["abnormal_rows"] and not d["abnormal_points"]
 
 
 def test_diagnose_rows_points_and_suppression():
@@ -26,15 +27,15 @@ def test_diagnose_rows_points_and_suppression():
     m[2, :] = 50.0  # slow receiver
     m[6, 1] = 200.0  # one slow path
     m[2, 3] = 200.0  # inside the abnormal row: not reported as a point
-    d = perf.diagnose(m)
+    d = perf_report.diagnose(m)
     assert [r[0] for r in d["abnormal_rows"]] == [2]
     assert [(p[0], p[1]) for p in d["abnormal_points"]] == [(6, 1)]
     assert not d["abnormal_cols"]
 
 
 def test_diagnose_quiet_on_uniform_or_empty():
-    assert perf.diagnose(np.full((4, 4), 3.0)) == {"abnormal_cols": [], "abnormal_rows": [], "abnormal_points": []}
-    assert perf.diagnose(np.zeros((4, 4)))["abnormal_cols"] == []
+    assert perf_report.diagnose(np.full((4, 4), 3.0)) == {"abnormal_cols": [], "abnormal_rows": [], "abnormal_points": []}
+    assert perf_report.diagnose(np.zeros((4, 4)))["abnormal_cols"] == []
 
 
 def test_summary_takes_slowest_rank_per_iteration_and_compares_with_the_bare_all_to_all(tmp_path):
@@ -43,16 +44,16 @@ def test_summary_takes_slowest_rank_per_iteration_and_compares_with_the_bare_all
              "a2a_combine_s": [0.01] * 3, "dispatch_bytes": 1000, "combine_bytes": 2000, "performance_info": None}
             for _ in range(case.params.world_size)]
     vals[1]["dispatch_s"] = [0.030, 0.010, 0.010]
-    rec = perf.summarize(case, vals)
+    rec = perf_report.summarize(case, vals)
     assert rec["dispatch"]["latency_s"] == pytest.approx(0.020)  # per-iteration max: .03 .02 .01 -> median .02
     assert rec["dispatch"]["bytes"] == 1000 * case.params.world_size
     assert rec["dispatch"]["ratio"] == pytest.approx(0.005 / 0.020)
     assert rec["combine"]["ratio"] == pytest.approx(1.0)
     assert "diagnosis" not in rec
     rec["backend"] = "sim"
-    png = perf.plot_bandwidth([rec], tmp_path / "bw.png")
+    png = perf_report.plot_bandwidth([rec], tmp_path / "bw.png")
     assert png and (tmp_path / "bw.png").read_bytes()[:4] == b"\x89PNG"
-    assert "ratio" in perf.text(rec)
+    assert "ratio" in perf_report.text(rec)
 
 
 def test_perf_cases_are_legal_and_only_marked_perf():

@@ -6,11 +6,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moe_cts import reference as R
-from moe_cts.experts import apply_experts, moe_constant, shared_constant
-from moe_cts.inputs import rank_inputs
+from moe_cts.oracle import reference as R
+from moe_cts.cases.experts import apply_experts, moe_constant, shared_constant
+from moe_cts.cases.inputs import rank_inputs
 from moe_cts.model import OpParams
-from moe_cts.reference.quant import comm_quant_roundtrip
+from moe_cts.oracle.reference.quant import comm_quant_roundtrip
 
 F32 = np.float32
 
@@ -147,7 +147,7 @@ def test_roundtrip_with_expert_function_bit_exact(case):
         for b in np.nonzero(act)[0]:
             xin = d["x"][b].astype(F32)
             if p.quant_mode == 2:
-                from moe_cts.reference.quant import dynamic_quant
+                from moe_cts.oracle.reference.quant import dynamic_quant
                 q, s = dynamic_quant(xin[None])
                 xin = (q[0].astype(F32) * s[0]).astype(F32)
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moe_cts import reference as R
-from moe_cts.inputs import decode_tag, decode_tag_quant, rank_inputs
+from moe_cts.oracle import reference as R
+from moe_cts.cases.inputs import decode_tag, decode_tag_quant, rank_inputs
 from moe_cts.model import OpParams
-from moe_cts.reference.quant import dynamic_quant
+from moe_cts.oracle.reference.quant import dynamic_quant
 
 F32 = np.float32
 

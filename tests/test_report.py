@@ -73,9 +73,9 @@ def mutant_results(tmp_path_factory) -> Path:
     d = tmp_path_factory.getbasetemp() / "moe-cts-mutant-run"
     if not (d / "done").exists():
         shutil.rmtree(d, ignore_errors=True)
-        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "moe_cts.report.pytest_hooks", "conformance", "-q",
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "moe_cts.suite.records", "conformance", "-q",
                             "-p", "no:randomly", "-m", "smoke", "-k", MUTANT_K,
-                            "--backend", "moe_cts.report.mutants:zero_first_row", "--alluredir", str(d / "results")],
+                            "--backend", "moe_cts.mutants.examples:zero_first_row", "--alluredir", str(d / "results")],
                            cwd=ROOT, capture_output=True, text=True, timeout=240)
         (d / "pytest.out").write_text(r.stdout[-4000:] + r.stderr[-2000:])
         (d / "done").write_text(str(r.returncode))
@@ -119,7 +119,7 @@ def test_allure_puts_each_kind_of_result_in_its_category(tmp_path):
 def test_hang_stack_dumps_are_attached_and_capped(monkeypatch):
     import allure
 
-    from moe_cts.report import pytest_hooks
+    from moe_cts.suite import records
     from moe_cts.world.outcome import WorldBroken
 
     seen = []
@@ -129,9 +129,9 @@ def test_hang_stack_dumps_are_attached_and_capped(monkeypatch):
         class excinfo:
             value = WorldBroken("hang", "deadline passed", stacks={0: "x" * 100_000, 1: "Thread 1 ..."})
 
-    pytest_hooks._attach_failure(None, Call)
+    records._attach_failure(None, Call)
     assert seen and seen[0][0] == "stack dumps (hang)"
-    assert len(seen[0][1]) < pytest_hooks.STACKS_CAP + 200 and "more characters cut" in seen[0][1]
+    assert len(seen[0][1]) < records.STACKS_CAP + 200 and "more characters cut" in seen[0][1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_cts.runner import apply_overrides, to_numpy, to_torch, valid_rows_from
+from moe_cts.suite.rank import apply_overrides, to_numpy, to_torch, valid_rows_from
 from moe_cts.model import OpParams
 
 

@@ -391,6 +391,6 @@ def test_checker_never_raises(product, W, M, bs, h, k, tp, S, SE, qm, gbs, alg, 
     assert all(v.kind in ("checked", "precondition") for v in vs)
     assert all((v.status is None) == (v.kind == "precondition") for v in vs)
     if W >= 1:  # what `moe-cts check` prints must never raise either (W < 1 is rejected as unusable input)
-        from moe_cts.spec.check_cli import evaluate, render
+        from moe_cts.cli.check import evaluate, render
 
         render(evaluate(PROF, p, {}, {}))

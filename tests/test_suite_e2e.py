@@ -35,18 +35,18 @@ def test_a_case_passes_on_sim_and_writes_allure_results(tmp_path):
 
 
 def test_a_corrupting_backend_fails_with_a_named_mismatch_and_a_rerun_command():
-    r = _pytest("-k", f"{CASE} and test_dispatch", "--backend", "moe_cts.report.mutants:zero_first_row")
+    r = _pytest("-k", f"{CASE} and test_dispatch", "--backend", "moe_cts.mutants.examples:zero_first_row")
     assert r.returncode == 1, r.stdout[-3000:]
     out = r.stdout
     assert "conformance failure" in out and "output expand_x" in out, out[-3000:]
     assert "local expert" in out and "source" in out, out[-3000:]
-    assert "rerun exactly this case" in out and "--backend moe_cts.report.mutants:zero_first_row" in out, out[-3000:]
+    assert "rerun exactly this case" in out and "--backend moe_cts.mutants.examples:zero_first_row" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("args, expect", [
     (["--fixture", "fixtures/nope.yaml"], "nope.yaml"),
     (["--backend", "nosuch"], "unknown backend 'nosuch'"),
-    (["--backend", "moe_cts.report.mutants:missing"], "has no attribute 'missing'"),
+    (["--backend", "moe_cts.mutants.examples:missing"], "has no attribute 'missing'"),
 ])
 def test_bad_options_are_one_line(args, expect):
     r = _pytest("--co", *args)

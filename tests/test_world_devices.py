@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from moe_cts.fixtures import Deadlines, load_fixture
+from moe_cts.world.fixtures import Deadlines, load_fixture
 from moe_cts.model import AclnnError
 from moe_cts.world import WorldBroken, WorldPool
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from moe_cts.fixtures import load_fixture
+from moe_cts.world.fixtures import load_fixture
 from moe_cts.model import AclnnError
 from moe_cts.world import RankOutcome, WorldBroken, WorldPool
-from moe_cts.world.pool import DUMP_WAIT_S
+from moe_cts.world.base import DUMP_WAIT_S
 from moe_cts.world.worker import layout_groups
 
 HERE = __name__
@@ -383,7 +383,7 @@ def test_a_rank_that_raises_does_not_cost_the_whole_deadline(tmp_path):
     import dataclasses
     import time
 
-    from moe_cts.fixtures import load_fixture
+    from moe_cts.world.fixtures import load_fixture
     from moe_cts.world import WorldBroken, WorldPool
 
     fx = load_fixture("sim")

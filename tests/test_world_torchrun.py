@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from moe_cts.fixtures import load_fixture
+from moe_cts.world.fixtures import load_fixture
 from moe_cts.model import AclnnError
 from moe_cts.world import WorldBroken, WorldPool
-from moe_cts.world.pool import DUMP_WAIT_S
+from moe_cts.world.base import DUMP_WAIT_S
 
 HERE = __name__
 JOBS = "moe_cts.world.jobs"  # health-check jobs and fault injections shared with benchmarks

@@ -1,6 +1,6 @@
 """``sim``: a software device for MoeDistributeDispatchV4 / CombineV4, built like the kernel.
 
-A second, independent implementation of the operators (it never imports ``moe_cts.reference``):
+A second, independent implementation of the operators (it never imports ``moe_cts.oracle.reference``):
 
 * dispatch: every rank *packs* its rows by destination (walking valid (token, k) entries in increasing
   b*K+k; MoE target = S + e // L, shared expert j on rank j*rpse + s % rpse), quantises per (token,

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 
 
-def _groups(etn, ent_type: int) -> list[tuple[int, int]]:
+def row_groups(etn, ent_type: int) -> list[tuple[int, int]]:
     etn = np.asarray(etn, dtype=np.int64).reshape(-1)
     counts = etn if ent_type == 1 else np.diff(np.concatenate([[0], etn]))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if counts.size else np.zeros(0, np.int64)
@@ -29,9 +29,9 @@ def wrong_rows_matrix(params, ref_dispatch: list[dict], got_dispatch: list[dict]
     L = max(len(np.asarray(r["expert_token_nums"]).reshape(-1)) for r in ref_dispatch) if ref_dispatch else 0
     m = np.zeros((len(ref_dispatch), L), dtype=np.int64)
     for g, (ref, got) in enumerate(zip(ref_dispatch, got_dispatch)):
-        rg = _groups(ref["expert_token_nums"], ent)
+        rg = row_groups(ref["expert_token_nums"], ent)
         try:
-            gg = _groups(got["expert_token_nums"], ent)
+            gg = row_groups(got["expert_token_nums"], ent)
         except Exception:  # noqa: BLE001
             gg = rg
         for l, (rs, rn) in enumerate(rg):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from moe_cts.binding import dispatch_outputs_of
 from moe_cts.model import OpParams, TensorDesc
 
 MiB = 1024 * 1024
@@ -92,38 +93,8 @@ def server_num(params: OpParams) -> int:
 
 
 def output_descs(params: OpParams, rank: int) -> dict[str, TensorDesc]:
-    """The 7 dispatch outputs of global rank ``rank`` as torch_npu allocates them (torch-npu-api.md §1b meta)."""
-    e = params.ep_rank(rank)
-    W, tpw, k, h = params.ep_world_size, params.tp_world_size, params.k, params.h
-    bs = params.bs_of(e)
-    gbs = params.global_bs or bs * W
-    S, SE = params.shared_expert_rank_num, params.shared_expert_num
-    L, a = 1, 0
-    if params.expert_shard_type == 0 and W > 0:
-        if e < S:
-            r = (S // SE) if SE > 0 else 0
-            a = (gbs // W) * math.ceil(W / r) if r > 0 else 0
-        else:
-            L = params.moe_expert_num // (W - S) if W - S > 0 else 0
-            a = gbs * min(L, k)
-    ep_cnt = W * L * (2 if tpw == 2 else 1)
-    if params.expert_scales:
-        ep_cnt = W * L + gbs * 2 * k * (W // 8)
-    if tpw > 1:
-        ds = (a * tpw,)
-    elif params.quant_mode == 0 and params.scales:
-        ds = (a, h)
-    else:
-        ds = (a,)
-    return {
-        "expand_x": TensorDesc("int8" if params.quant_mode != 0 else params.x_dtype, (max(a, a * tpw), h)),
-        "dynamic_scales": TensorDesc("float32", ds),
-        "assist_info_for_combine": TensorDesc("int32", (max(bs * k, a * 128),)),
-        "expert_token_nums": TensorDesc("int64", (L,)),
-        "ep_recv_counts": TensorDesc("int32", (ep_cnt,)),
-        "tp_recv_counts": TensorDesc("int32", (tpw,)),
-        "expand_scales": TensorDesc("float32", (a,) if params.expert_scales else (0,)),
-    }
+    """The 7 dispatch outputs of global rank ``rank`` as torch_npu allocates them (moe_cts.binding)."""
+    return {name: TensorDesc(dt, tuple(shape)) for name, (shape, dt) in dispatch_outputs_of(params, rank).items()}
 
 
 def input_descs(params: OpParams, rank: int) -> dict[str, TensorDesc | None]:

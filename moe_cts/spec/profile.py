@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,15 +21,13 @@ from moe_cts.model import (
     ACLNN_ERR_INNER_TILING_ERROR,
     ACLNN_ERR_PARAM_INVALID,
     ACLNN_ERR_PARAM_NULLPTR,
-    DISPATCH_INPUTS,
-    DISPATCH_OUTPUTS,
-    DTYPES,
     MAX_INT32,
     PRODUCTS,
     CallDesc,
     OpParams,
     TensorDesc,
 )
+from moe_cts.binding import dispatch_attrs
 from moe_cts.spec import derived
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -567,17 +565,7 @@ def _replace(p: OpParams, sets: Mapping) -> OpParams | None:
 def make_call_desc(params: OpParams, rank: int, *, env: Mapping | None = None,
                    overrides: Mapping | None = None) -> CallDesc:
     """Global rank ``rank``'s dispatch call for this case (rank layout: moe_cts.model docstring)."""
-    e, tr = params.ep_rank(rank), params.tp_rank(rank)
-    attrs = {
-        "group_ep": "ep", "ep_world_size": params.ep_world_size, "ep_rank_id": e,
-        "moe_expert_num": params.moe_expert_num,
-        "group_tp": "tp" if params.tp_world_size == 2 else "", "tp_world_size": params.tp_world_size, "tp_rank_id": tr,
-        "expert_shard_type": params.expert_shard_type, "shared_expert_num": params.shared_expert_num,
-        "shared_expert_rank_num": params.shared_expert_rank_num, "quant_mode": params.quant_mode,
-        "global_bs": params.global_bs, "expert_token_nums_type": params.expert_token_nums_type,
-        "comm_alg": params.comm_alg, "zero_expert_num": params.zero_expert_num,
-        "copy_expert_num": params.copy_expert_num, "const_expert_num": params.const_expert_num,
-    }
+    attrs = dispatch_attrs(params, rank, group_ep="ep", group_tp="tp")
     tensors: dict[str, TensorDesc | None] = dict(derived.input_descs(params, rank))
     tensors.update(derived.output_descs(params, rank))
     envd = {"HCCL_BUFFSIZE": 200}

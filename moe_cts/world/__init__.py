@@ -6,6 +6,7 @@
     pool.close()
 """
 from moe_cts.world.outcome import RankOutcome, WorldBroken
-from moe_cts.world.pool import LocalWorld, WorldPool
+from moe_cts.world.local import LocalWorld
+from moe_cts.world.pool import WorldPool
 
 __all__ = ["WorldPool", "WorldBroken", "RankOutcome", "LocalWorld"]

@@ -87,3 +87,10 @@ def unpack_exception(blob: bytes, rank: int) -> BaseException:
     except Exception:  # noqa: BLE001 - exceptions with __slots__ and no __dict__
         pass
     return exc
+
+
+def errors_note(outcomes: dict) -> str:
+    """"; before that rank r: Error: first line ..." for the ranks that raised before a world broke."""
+    errs = [f"rank {r}: {type(o.error).__name__}: {str(o.error).splitlines()[0] if str(o.error) else ''}"
+            for r, o in sorted(outcomes.items()) if o.error is not None]
+    return ("; before that " + "; ".join(errs[:4]) + (" ..." if len(errs) > 4 else "")) if errs else ""

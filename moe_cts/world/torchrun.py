@@ -15,9 +15,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from moe_cts.fixtures import Fixture
-from moe_cts.world.outcome import RankOutcome, WorldBroken, unpack_exception
-from moe_cts.world.pool import DUMP_WAIT_S, _errors_note
+from moe_cts.world.fixtures import Fixture
+from moe_cts.world.base import DUMP_WAIT_S
+from moe_cts.world.outcome import RankOutcome, WorldBroken, errors_note, unpack_exception
 
 HB_STALE_S = 3.0  # a worker whose heartbeat has not moved this long is dead
 DEFAULT_STORE_PORT = 29555
@@ -126,7 +126,7 @@ class TorchrunWorld:
             now = time.monotonic()
             if now >= t_end:
                 self.fail("hang", f"deadline of {deadline_s:g} s passed; ranks "
-                                  f"{[r for r in range(n) if r not in outcomes]} did not finish" + _errors_note(outcomes),
+                                  f"{[r for r in range(n) if r not in outcomes]} did not finish" + errors_note(outcomes),
                           outcomes)
             for r in range(n):
                 if r in outcomes:

@@ -145,9 +145,9 @@ def _serve(store, transport, backend, cfg, rc, rank, world, device) -> None:
     import torch.distributed as dist
 
     from moe_cts.backends.base import RankContext
-    from moe_cts.world.worker import _Groups, run_job
+    from moe_cts.world.worker import Groups, run_job
 
-    groups: dict[int, _Groups] = {}
+    groups: dict[int, Groups] = {}
     seq = 0
     while True:
         seq += 1
@@ -164,7 +164,7 @@ def _serve(store, transport, backend, cfg, rc, rank, world, device) -> None:
         _, _, job, payload_blob, layout, product, n = pickle.loads(store.get(key))
         g = groups.get(n)
         if g is None:
-            g = groups[n] = _Groups(transport, n, total=world)
+            g = groups[n] = Groups(transport, n, total=world)
         try:
             ep_name, tp_name, mine = g.get(rank, layout)
         except BaseException:  # noqa: BLE001

@@ -66,7 +66,7 @@ def rank_group_names(rank: int, E: int, T: int) -> tuple[str, str]:
     return ep, tp
 
 
-class _Groups:
+class Groups:
     """Per-rank cache: layout -> {name: handle} of this rank's groups, made with transport.new_group."""
 
     def __init__(self, transport, world_size: int, total: int | None = None):
@@ -232,7 +232,7 @@ def rank_main(conn, rank: int, world_size: int, cfg: dict) -> None:
         _send(conn, None, ("init_error", rank, traceback.format_exc()))
         os._exit(4)
     _send(conn, None, ("ready", rank, {"pid": os.getpid(), "device": device}))
-    groups = _Groups(transport, world_size)
+    groups = Groups(transport, world_size)
     while True:
         msg = _recv(conn, cfg)
         if msg is None or msg[0] == "stop":
@@ -268,7 +268,7 @@ def loopback_main(conn, world_size: int, cfg: dict) -> None:
 
     def fresh():
         lw = LoopbackWorld(world_size, timeout_s=float(cfg["dist_timeout_s"]))
-        return lw, [_Groups(lw.transport(r), world_size) for r in range(world_size)]
+        return lw, [Groups(lw.transport(r), world_size) for r in range(world_size)]
 
     lw, groups = fresh()
     lock = threading.Lock()

@@ -279,7 +279,7 @@ def _suite_rank(rank, tr, case_dict, use_npu):
     from moe_cts.backends.npu import NpuBackend
     from moe_cts.backends.sim import SimBackend
     from moe_cts.cases import Case
-    from moe_cts.runner import run_case_on_rank
+    from moe_cts.suite.rank import run_case_on_rank
 
     p = Case.from_dict(case_dict).params
     W, T = p.ep_world_size, p.tp
@@ -379,7 +379,8 @@ def run_suite(max_world: int, max_h: int, limit: int, products: tuple[str, ...] 
     and on NpuBackend -> stand-in torch_npu (real schema) -> sim. Results and errors must agree."""
     import torch_npu
     from moe_cts.backends.transport import LoopbackWorld
-    from moe_cts.cases import _unreachable_through_torch_npu, generate
+    from moe_cts.binding import unreachable
+    from moe_cts.cases import generate
 
     cases = [c for c in generate() if c.params.world_size <= max_world and c.params.h <= max_h
              and c.params.product in products][:limit]
@@ -400,7 +401,7 @@ def run_suite(max_world: int, max_h: int, limit: int, products: tuple[str, ...] 
             diff = f"status {sim[1]} vs {npu[1]}"
         out[c.id] = dict(legal=c.legal, sim=sim[0] if sim[0] == "ok" else list(sim),
                          npu=npu[0] if npu[0] == "ok" else list(npu), diff=diff,
-                         unreachable=_unreachable_through_torch_npu(c.overrides_dict()),
+                         unreachable=unreachable(c.overrides_dict()),
                          log=list(torch_npu._standin_log))
     return out
 
