@@ -1,7 +1,7 @@
 """The shared vocabulary of moe-cts: operator parameters, call descriptions, errors.
 
 Every other module speaks these types. Parameter names are the torch_npu keyword names of
-``npu_moe_distribute_dispatch_v2`` / ``npu_moe_distribute_combine_v2`` (../shared/spec/torch-npu-api.md),
+``npu_moe_distribute_dispatch_v2`` / ``npu_moe_distribute_combine_v2`` (docs/torch-npu-api.md),
 so a case, a reference call and a real kernel call all use one spelling.
 
 Rank layout (the doc's example, ``devicesEp[tp][ep] = ep*TP + tp``): a world has
@@ -38,6 +38,14 @@ DISPATCH_OUTPUTS = (
 )
 # Inputs every rank supplies to dispatch (and combine re-uses), by torch_npu name.
 DISPATCH_INPUTS = ("x", "expert_ids", "scales", "x_active_mask", "expert_scales", "performance_info")
+
+# the calls a spec row can apply to (CallDesc.op)
+OPS = ("dispatch", "combine", "combine_add_rms_norm")
+# combine inputs by torch_npu keyword (combine_add_rms_norm's expand_idx goes by assist_info_for_combine)
+COMBINE_INPUTS = ("expand_x", "expert_ids", "assist_info_for_combine", "ep_send_counts", "expert_scales",
+                  "tp_send_counts", "x_active_mask", "activation_scale", "weight_scale", "group_list",
+                  "expand_scales", "shared_expert_x", "elastic_info", "ori_x", "const_expert_alpha_1",
+                  "const_expert_alpha_2", "const_expert_v", "performance_info", "residual_x", "gamma")
 
 DTYPES = ("bfloat16", "float16", "float32", "int8", "int32", "int64", "bool")
 MAX_INT32 = 2**31 - 1
@@ -82,7 +90,7 @@ class OpParams:
     comm_quant_mode: int = 0  # 0 | 2
     combine_kind: str = "v4"  # "v4" (CombineV4) | "add_rms_norm" (CombineAddRmsNormV2, A3)
     shared_expert_x: bool = False  # combine gets shared_expert_x
-    const_alpha: str = "scalar"  # "scalar": alpha (Q,) as the seed doc; "vector": (Q,H) softmax form (not bit-exact)
+    const_alpha: str = "scalar"  # "scalar": alpha (Q,) as the operator document; "vector": (Q,H) softmax form (not bit-exact)
     norm_eps: float = 1e-6
 
     # ---- derived helpers (pure; no spec knowledge beyond the rank layout) ----
@@ -135,7 +143,11 @@ class TensorDesc:
 
 @dataclass(frozen=True)
 class CallDesc:
-    """One rank's dispatch call as the first-stage (GetWorkspaceSize) checks see it.
+    """One rank's call as the first-stage (GetWorkspaceSize) checks see it.
+
+    ``op`` is "dispatch", "combine" or "combine_add_rms_norm" (OPS). For combine calls ``attrs`` holds the
+    combine keywords (comm_quant_mode instead of quant_mode ...) and ``tensors`` the combine inputs
+    (expand_idx of combine_add_rms_norm under its combine_v2 name assist_info_for_combine).
 
     ``attrs`` holds every scalar argument by torch_npu name (group_ep, ep_world_size, ep_rank_id,
     moe_expert_num, group_tp, tp_world_size, tp_rank_id, expert_shard_type, shared_expert_num,
@@ -150,6 +162,7 @@ class CallDesc:
     attrs: Mapping[str, object]
     tensors: Mapping[str, TensorDesc | None]
     env: Mapping[str, object] = field(default_factory=dict)
+    op: str = "dispatch"
 
 
 class AclnnError(RuntimeError):

@@ -47,7 +47,7 @@ def test_catalogue_is_complete_and_loads():
             if "[" in node:
                 cid = _case_id(node)
                 assert cid in nightly or cid.startswith(("A2-consistency", "A3-consistency")), (
-                    f"{m.id}: case {cid} is not a nightly case any more (case ids changed?); update tests/mutants")
+                    f"{m.id}: case {cid} is not a nightly case any more (case ids changed?); update moe_cts/mutants")
 
 
 def _fast_nodes() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The npu backend's error mapping and call plumbing, in-process with a fake ``torch_npu`` module.
 
-Error texts are the real formats quoted in ../shared/spec/torch-npu-api.md and kernel-behaviour.md §7
+Error texts are the real formats quoted in docs/torch-npu-api.md §1d and docs/kernel-behaviour.md §7
 (``NPU_CHECK_ERROR(status, "call aclnnX failed")`` of op_plugin's op_api_common.h, the binding's
 ``ERR%02d%03d`` suffixes, torch's dispatcher messages), and the two public variants seen on hardware: the
 asynchronous ``operator():`` form (task queue on) and ``HCCL function error`` (not an aclnn status).

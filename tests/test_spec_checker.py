@@ -42,7 +42,12 @@ BASES = {
 # rows that cannot be violated alone (documented in docs/spec.md)
 UNBREAKABLE: set = set()
 # A2 has no TP and needs W >= 16 (so M >= 16 >= K): these "any" rows cannot fail alone there
-UNBREAKABLE_ON = {"A2": {"any.groupTp.distinct", "any.tp.localExpertNum", "any.k.experts"}, "A3": set()}
+UNBREAKABLE_ON = {"A2": {"any.groupTp.distinct", "any.tp.localExpertNum", "any.k.experts",
+                          # A2 H is a multiple of 32 (so of 8); the reserved combine tensors are keywords only of
+                          # combine_add_rms_norm, an A3 operator
+                          "combine.commQuantMode.h", "combine.activationScale.null", "combine.weightScale.null",
+                          "combine.groupList.null"},
+                  "A3": set()}
 
 
 def ids(vs, kind=None):

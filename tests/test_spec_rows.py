@@ -119,6 +119,29 @@ STABLE_IDS = (
     'any.pairing.combine',
     'any.domain.exclusive',
     'A3.domain.superNode',
+    # combine (CombineV4 / CombineAddRmsNormV2)
+    'combine.expandX.null',
+    'combine.expertIds.null',
+    'combine.assistInfoForCombine.null',
+    'combine.epSendCounts.null',
+    'combine.expertScales.null',
+    'combineAddRmsNorm.residualX.null',
+    'combineAddRmsNorm.gamma.null',
+    'combine.groupEp.empty',
+    'combine.groupEp.maxlen',
+    'combine.groupTp.maxlen',
+    'combine.commQuantMode.enum',
+    'combine.commQuantMode.tp',
+    'combine.commQuantMode.h',
+    'combine.activationScale.null',
+    'combine.weightScale.null',
+    'combine.groupList.null',
+    'combine.sharedExpertX.shape',
+    'combine.oriX.shape',
+    'combine.oriX.required',
+    'combine.constExpert.required',
+    'combine.constExpert.dim0',
+    'combine.constExpertV.dim1',
 )
 
 PROF = load_profile("v4-doc")
@@ -135,7 +158,13 @@ def test_every_row_is_well_formed():
         assert isinstance(r, Constraint)
         assert r.clause.strip(), r.id
         assert r.products and set(r.products) <= {"A2", "A3"}, r.id
-        assert r.id.split(".")[0] in ("any", "A2", "A3"), r.id
+        assert r.id.split(".")[0] in ("any", "A2", "A3", "combine", "combineAddRmsNorm"), r.id
+        if r.id.startswith("combine"):
+            assert "dispatch" not in r.ops and r.source, f"{r.id}: a combine row names its calls and its source"
+        else:
+            assert r.ops == ("dispatch",), r.id
+        if r.id.startswith("combineAddRmsNorm."):
+            assert r.ops == ("combine_add_rms_norm",), r.id
         if r.id.startswith("A2."):
             assert r.products == ("A2",), r.id
         if r.id.startswith("A3."):
@@ -153,11 +182,12 @@ def test_every_row_is_well_formed():
 
 def test_rows_are_in_kernel_check_order():
     order = {ACLNN_ERR_PARAM_NULLPTR: 0, ACLNN_ERR_PARAM_INVALID: 1, ACLNN_ERR_INNER_TILING_ERROR: 2}
-    seq = [order[r.status] for r in PROF.rows if r.kind == "checked"]
-    assert seq == sorted(seq)
+    for op in ("dispatch", "combine", "combine_add_rms_norm"):  # per call: op_api checks, then tiling
+        seq = [order[r.status] for r in PROF.rows if r.kind == "checked" and op in r.ops]
+        assert seq == sorted(seq), op
     ids = [r.id for r in PROF.rows]
-    # buffer rows after every shape row
-    assert max(i for i, r in enumerate(PROF.rows) if r.id.endswith(".shape")) < min(
+    # buffer rows after every shape row of dispatch
+    assert max(i for i, r in enumerate(PROF.rows) if r.id.endswith(".shape") and "dispatch" in r.ops) < min(
         i for i, r in enumerate(PROF.rows) if r.buffer)
     # preconditions may sit next to related rows: they never decide the first (kernel) error
     assert ids.index("any.x.null") == 0

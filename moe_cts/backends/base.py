@@ -42,6 +42,7 @@ class RankContext:
     env: dict[str, str] = field(default_factory=dict)  # HCCL_BUFFSIZE etc. as the fixture sets them
     product: str = "A3"
     transport: Any = None  # the communication object of the world (sim)
+    profile: str | None = None  # the spec profile of the current case (what sim checks by, unless told otherwise)
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """The ``npu`` backend: torch_npu's MoE dispatch/combine ops on real Ascend NPUs over HCCL.
 
-Calls exactly the Python API of ../shared/spec/torch-npu-api.md §1a::
+Calls exactly the Python API of docs/torch-npu-api.md §1a (schemas in moe_cts/binding)::
 
     torch_npu.npu_moe_distribute_dispatch_v2(x, expert_ids, group_ep, ep_world_size, ep_rank_id,
                                              moe_expert_num, *, scales=None, ..., performance_info=None, ...)
@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
-from moe_cts.model import AclnnError, BindingError
 from moe_cts.backends.base import RankContext
+from moe_cts.binding import COMBINE_ADD_RMS_NORM_OP, COMBINE_OP, DISPATCH_OP, positional
+from moe_cts.model import AclnnError, BindingError
 
 __all__ = [
     "NpuBackend",
@@ -56,25 +57,11 @@ __all__ = [
     "COMBINE_ADD_RMS_NORM_OP",
 ]
 
-DISPATCH_OP = "npu_moe_distribute_dispatch_v2"
-COMBINE_OP = "npu_moe_distribute_combine_v2"
-COMBINE_ADD_RMS_NORM_OP = "npu_moe_distribute_combine_add_rms_norm"
-
 # The stand-in torch_npu of tests/standin counts as "available" only when this is "1".
 STANDIN_ENV = "MOE_CTS_NPU_STANDIN"
 
 # Environment keys of ctx.env that HCCL reads when a communicator is created.
 _HCCL_ENV_PREFIXES = ("HCCL_",)
-
-# Positional parameters (before the ``*``) of each op, in schema order (torch-npu-api.md §1a).
-_POSITIONAL = {
-    DISPATCH_OP: ("x", "expert_ids", "group_ep", "ep_world_size", "ep_rank_id", "moe_expert_num"),
-    COMBINE_OP: ("expand_x", "expert_ids", "assist_info_for_combine", "ep_send_counts", "expert_scales",
-                 "group_ep", "ep_world_size", "ep_rank_id", "moe_expert_num"),
-    COMBINE_ADD_RMS_NORM_OP: ("expand_x", "expert_ids", "expand_idx", "ep_send_counts", "expert_scales",
-                              "residual_x", "gamma", "group_ep", "ep_world_size", "ep_rank_id",
-                              "moe_expert_num"),
-}
 
 # --------------------------------------------------------------------------- error parsing
 # An aclnn status is what NPU_CHECK_ERROR(status, "call aclnnX failed") prints (op_plugin op_api_common.h):
@@ -306,13 +293,13 @@ class NpuBackend:
             return value.to(ctx.device)
         return value
 
-    def _call(self, ctx: RankContext, op_name: str, positional: dict[str, Any], kw: dict[str, Any]):
+    def _call(self, ctx: RankContext, op_name: str, positional_args: dict[str, Any], kw: dict[str, Any]):
         self._check_env()  # also when the world did not call prepare_rank()
         tnpu = _torch_npu()
         op = getattr(tnpu, op_name)
-        args = [positional[p] for p in _POSITIONAL[op_name]]
-        args = [self._to(ctx, a) for a in args]
-        i = _POSITIONAL[op_name].index("group_ep")
+        names = positional(op_name)
+        args = [self._to(ctx, positional_args[p]) for p in names]
+        i = names.index("group_ep")
         args[i] = self.group_name(ctx, args[i])
         kwargs = {}
         for k, v in kw.items():

@@ -304,10 +304,28 @@ def case_rejection(params: OpParams, overrides: Mapping) -> str | None:
     return None
 
 
-def unreachable(overrides: Mapping) -> str | None:
-    """Why a call-description override cannot be expressed as a torch_npu call (None when it can)."""
+def combine_op_of(params: OpParams) -> str:
+    """The torch_npu op a case's combine call uses."""
+    return COMBINE_ADD_RMS_NORM_OP if params.combine_kind == "add_rms_norm" else COMBINE_OP
+
+
+# combine_add_rms_norm's binding calls the assist_info tensor expand_idx
+_BINDING_NAME = {(COMBINE_ADD_RMS_NORM_OP, "assist_info_for_combine"): "expand_idx"}
+
+
+def unreachable(overrides: Mapping, params: OpParams | None = None) -> str | None:
+    """Why a call-description override cannot be expressed as a torch_npu call (None when it can).
+
+    Dispatch overrides are ``tensors.*`` / ``attrs.*``; combine overrides ``combine.tensors.*`` /
+    ``combine.attrs.*`` (the combine flavour of ``params`` decides which schema is asked).
+    """
     for key, value in overrides.items():
         parts = key.split(".")
+        if parts[0] == "combine":
+            why = _combine_unreachable(parts[1:], value, combine_op_of(params) if params else COMBINE_OP)
+            if why:
+                return why
+            continue
         if key == "tensors.expand_x.dtype" and value in Y_DTYPE:
             continue  # the y_dtype keyword chooses expand_x's dtype
         if parts[0] == "tensors" and parts[1] in DISPATCH_OUTPUTS:
@@ -316,4 +334,19 @@ def unreachable(overrides: Mapping) -> str | None:
             return f"needs a null {parts[1]}: a required Tensor in the torch_npu schema (reachable only through raw aclnn)"
         if parts[0] == "attrs" and value is None and parts[1] in ("group_ep", "group_tp", "comm_alg"):
             return f"needs a null {parts[1]}: a str in the torch_npu schema (reachable only through raw aclnn)"
+    return None
+
+
+def _combine_unreachable(parts: list[str], value, op: str) -> str | None:
+    if len(parts) < 2:
+        return None
+    pos, kw = signature(op)
+    name = _BINDING_NAME.get((op, parts[1]), parts[1])
+    if parts[0] == "tensors":
+        if name not in pos + kw:
+            return f"needs {name} on {op}: not an argument of its torch_npu schema (reachable only through raw aclnn)"
+        if len(parts) == 2 and value is None and name in pos:
+            return f"needs a null {name} on {op}: a required Tensor in the torch_npu schema (reachable only through raw aclnn)"
+    if parts[0] == "attrs" and value is None and name in ("group_ep", "group_tp", "comm_alg"):
+        return f"needs a null {name} on {op}: a str in the torch_npu schema (reachable only through raw aclnn)"
     return None

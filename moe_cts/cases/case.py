@@ -36,6 +36,8 @@ class Case:
     # torch_npu's own Python-side check that rejects this call before aclnn runs (ERR01001), if any:
     # through torch_npu the aclnn status cannot be observed, the binding rejection is the expectation
     expect_binding: str | None = None
+    # the call that must reject an illegal case: "dispatch", or the combine flavour (after a legal dispatch)
+    expect_op: str = "dispatch"
 
     @property
     def product(self) -> str:
@@ -62,7 +64,7 @@ class Case:
             "overrides": [list(o) for o in self.overrides], "env": [list(e) for e in self.env],
             "profile": self.profile,
             "rank_overrides": [[r, [list(kv) for kv in ch]] for r, ch in self.rank_overrides],
-            "expect_binding": self.expect_binding,
+            "expect_binding": self.expect_binding, "expect_op": self.expect_op,
         }
 
     @classmethod
@@ -74,7 +76,7 @@ class Case:
             overrides=tuple((k, v) for k, v in d.get("overrides", [])),
             env=tuple((k, v) for k, v in d.get("env", [])), profile=d.get("profile", DEFAULT_PROFILE),
             rank_overrides=tuple((r, tuple((k, v) for k, v in ch)) for r, ch in d.get("rank_overrides", [])),
-            expect_binding=d.get("expect_binding"),
+            expect_binding=d.get("expect_binding"), expect_op=d.get("expect_op", "dispatch"),
         )
 
     def allure_parameters(self) -> dict[str, object]:
@@ -88,6 +90,7 @@ class Case:
         if self.expect_status is not None:
             out["expect_status"] = self.expect_status
             out["expect_constraint"] = self.expect_constraint
+            out["expect_op"] = self.expect_op
         for k, v in self.overrides:
             out[f"override:{k}"] = json.dumps(v)
         for k, v in self.env:

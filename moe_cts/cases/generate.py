@@ -19,6 +19,7 @@ from moe_cts.binding import case_rejection, unreachable
 from moe_cts.cases.case import Case, stable_seed
 from moe_cts.model import OpParams
 from moe_cts.spec import DEFAULT_PROFILE, load_profile
+from moe_cts.spec.derived import combine_op
 
 MAX_RUNNABLE_SPECIAL = 4096  # zero+copy+const experts a legal case may have and still run end to end
 # constraint id -> why no illegal case can reach it through the torch_npu API (filled by generation)
@@ -319,7 +320,7 @@ def _illegal(product: str, profile: str) -> list[Case]:
                 continue
             p, overrides = broken
             overrides = dict(overrides or {})
-            why = unreachable(overrides)
+            why = unreachable(overrides, p)
             if why:
                 UNREACHABLE[row.id] = why
                 continue
@@ -336,7 +337,8 @@ def _illegal(product: str, profile: str) -> list[Case]:
                             kind="illegal", feature=row.id, seed=stable_seed(cid), expect_status=row.status,
                             expect_constraint=row.id,
                             overrides=tuple(sorted((k, v) for k, v in overrides.items() if not k.startswith("env."))),
-                            env=tuple(sorted((k, str(v)) for k, v in env.items())), profile=profile))
+                            env=tuple(sorted((k, str(v)) for k, v in env.items())), profile=profile,
+                            expect_op="dispatch" if "dispatch" in row.ops else combine_op(p)))
             break
     return out
 

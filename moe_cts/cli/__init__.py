@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 # modules that register sub-commands through `add_parser(subparsers)`; each owns its commands.
 COMMAND_MODULES = (

@@ -4,18 +4,20 @@ from __future__ import annotations
 import json
 import sys
 
+from moe_cts.spec import DEFAULT_PROFILE
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("list", help="print the generated cases")
     p.add_argument("--tier", choices=["smoke", "nightly", "full"], default=None)
     p.add_argument("--product", choices=["A2", "A3"], default=None)
     p.add_argument("--kind", choices=["legal", "illegal"], default=None)
-    p.add_argument("--profile", default="v4-doc")
+    p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--json", action="store_true", help="one JSON object per case")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("coverage", help="per checked constraint: legal and illegal cases exercising it")
-    p.add_argument("--profile", default="v4-doc")
+    p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--tier", choices=["smoke", "nightly", "full"], default="full")
     p.set_defaults(func=cmd_coverage)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from moe_cts.model import DTYPES, PRODUCTS, STATUS_NAMES, OpParams
+from moe_cts.spec import DEFAULT_PROFILE
 
 _FIELDS = {f.name: f for f in dataclasses.fields(OpParams)}
 _HINTS = typing.get_type_hints(OpParams)
@@ -43,7 +44,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set one value (OpParams field, env.NAME, tensors.NAME.dtype|shape, attrs.NAME); repeatable")
     p.add_argument("--product", choices=None, help="shorthand for --set product=...")
-    p.add_argument("--profile", default="v4-doc", help="spec profile name or YAML path (default v4-doc)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"spec profile name or YAML path (default {DEFAULT_PROFILE})")
+    p.add_argument("--op", choices=["all", "dispatch", "combine"], default="all",
+                   help="judge the dispatch call, the combine call (the flavour combine_kind names) or both (default)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def _error(message):
@@ -64,7 +67,7 @@ def run(args) -> int:
             raise UsageError(str(e)) from None
         raw = _read_input(args)
         params, env, overrides = build(raw)
-        report = evaluate(prof, params, env, overrides)
+        report = evaluate(prof, params, env, overrides, op=args.op)
     except UsageError as e:
         sys.stderr.write(f"moe-cts check: error: {e}\n")
         return 2
@@ -121,7 +124,7 @@ def _put(raw: dict, key: str, value) -> None:
     head, _, rest = key.partition(".")
     if rest and head == "env":
         raw.setdefault("env", {})[rest] = value
-    elif rest and head in ("tensors", "attrs"):
+    elif rest and head in ("tensors", "attrs", "combine"):
         raw.setdefault("overrides", {})[key] = value
     elif rest and head == "overrides":
         raw.setdefault("overrides", {})[rest] = value
@@ -225,6 +228,11 @@ def _coerce(k: str, v):
 
 def _check_override(path: str, v) -> None:
     parts = path.split(".")
+    if parts[0] == "combine" and len(parts) > 1:  # the combine call: combine.tensors.NAME..., combine.attrs.NAME
+        try:
+            return _check_override(".".join(parts[1:]), v)
+        except UsageError as e:
+            raise UsageError(f"{path}: {e}") from None
     if parts[0] == "attrs" and len(parts) == 2:
         return
     if parts[0] == "tensors" and len(parts) == 2:
@@ -243,7 +251,7 @@ def _check_override(path: str, v) -> None:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def evaluate(prof, params: OpParams, env: dict, overrides: dict) -> dict:
+def evaluate(prof, params: OpParams, env: dict, overrides: dict, op: str = "all") -> dict:
     from moe_cts.spec import derived
     from moe_cts.spec.profile import representative_ranks
 
@@ -251,6 +259,13 @@ def evaluate(prof, params: OpParams, env: dict, overrides: dict) -> dict:
         violations = prof.check_params(params, env=env, overrides=overrides)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+    def call_of(v):
+        ops = prof.row(v.constraint).ops
+        return "dispatch" if "dispatch" in ops else derived.combine_op(params)
+
+    if op != "all":
+        violations = [v for v in violations if (call_of(v) == "dispatch") == (op == "dispatch")]
     checked = [v for v in violations if v.kind == "checked"]
     rank_kinds = []
     for g in representative_ranks(params):
@@ -284,13 +299,14 @@ def evaluate(prof, params: OpParams, env: dict, overrides: dict) -> dict:
         "env": {"HCCL_BUFFSIZE": 200, **env},
         "overrides": overrides,
         "violations": [
-            {"constraint": v.constraint, "kind": v.kind, "status": v.status,
+            {"constraint": v.constraint, "op": call_of(v), "kind": v.kind, "status": v.status,
              "status_name": STATUS_NAMES.get(v.status) if v.status else None,
              "clause": v.clause, "message": v.message}
             for v in violations
         ],
         "kernel_status": checked[0].status if checked else None,
         "kernel_constraint": checked[0].constraint if checked else None,
+        "kernel_op": call_of(checked[0]) if checked else None,
         "rank_kinds": rank_kinds,
         "hccl_buffsize_min_mb": buf,
     }
@@ -308,10 +324,11 @@ def render(r: dict) -> str:
         out.append(f"ILLEGAL: {len(r['violations'])} violated constraint(s)")
         for v in r["violations"]:
             tag = f"{v['status']} {v['status_name']}" if v["kind"] == "checked" else "precondition (no error promised)"
-            out.append(f"  [{tag}] {v['constraint']}: {v['message']}")
+            out.append(f"  [{tag}] {v['op']}: {v['constraint']}: {v['message']}")
             out.append(f"      doc: {v['clause']}")
         if r["kernel_status"]:
-            out.append(f"the kernel must return {r['kernel_status']} (first check to fail: {r['kernel_constraint']})")
+            out.append(f"the kernel must return {r['kernel_status']} from {r['kernel_op']} "
+                       f"(first check to fail: {r['kernel_constraint']})")
     out.append("derived (one rank of each kind):")
     for k in r["rank_kinds"]:
         out.append(f"  rank {k['rank']} (ep {k['ep_rank']}, tp {k['tp_rank']}, {k['kind']}, bs {k['bs']}): "

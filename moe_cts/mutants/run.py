@@ -1,7 +1,7 @@
 """``moe-cts mutate``: run the conformance suite against every mutant backend and say which cases kill it.
 
 A conformance suite is only as good as the defects it catches. For each mutant of the catalogue
-(``tests/mutants``) this runs pytest on ``conformance/`` in a subprocess with
+(``moe_cts.mutants``) this runs pytest on ``conformance/`` in a subprocess with
 ``--backend moe_cts.mutants.catalogue:<factory>`` (``-x``: the first failing or broken case ends the
 run, so a killed mutant is cheap), reads the junit XML, and prints
 

@@ -20,6 +20,7 @@ from moe_cts.spec.derived import (
     server_num,
 )
 from moe_cts.spec.profile import (
+    DEFAULT_PROFILE,
     Constraint,
     Profile,
     Violation,
@@ -28,10 +29,9 @@ from moe_cts.spec.profile import (
     known_profiles,
     load_profile,
     make_call_desc,
+    make_combine_call_desc,
 )
-from moe_cts.spec.waivers import Waiver, load_waivers
-
-DEFAULT_PROFILE = "v4-doc"
+from moe_cts.spec.waivers import Waiver, load_waivers, waiver_for
 
 
 def hccl_buffsize_min_mb(params: OpParams, domain: str = "ep", *, profile: str = DEFAULT_PROFILE,
@@ -41,8 +41,8 @@ def hccl_buffsize_min_mb(params: OpParams, domain: str = "ep", *, profile: str =
 
 
 __all__ = [
-    "Constraint", "Profile", "Violation", "Waiver", "load_profile", "load_waivers", "known_profiles",
+    "Constraint", "Profile", "Violation", "Waiver", "load_profile", "load_waivers", "waiver_for", "known_profiles",
     "local_expert_num", "moe_local_expert_num", "a_rows", "normalised_shared_expert_num", "rpse", "max_bs",
-    "server_num", "output_descs", "input_descs", "hccl_buffsize_min_mb", "make_call_desc", "call_namespace",
+    "server_num", "output_descs", "input_descs", "hccl_buffsize_min_mb", "make_call_desc", "make_combine_call_desc", "call_namespace",
     "effective_alg", "DEFAULT_PROFILE", "OpParams", "TensorDesc",
 ]

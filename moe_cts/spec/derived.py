@@ -115,3 +115,42 @@ def input_descs(params: OpParams, rank: int) -> dict[str, TensorDesc | None]:
         "expert_scales": TensorDesc("float32", (bs, k)) if params.expert_scales else None,
         "performance_info": TensorDesc("int64", (params.ep_world_size,)) if params.performance_info else None,
     }
+
+
+def combine_op(params: OpParams) -> str:
+    """Which combine call a case makes: "combine" (CombineV4) or "combine_add_rms_norm" (CombineAddRmsNormV2)."""
+    return "combine_add_rms_norm" if params.combine_kind == "add_rms_norm" else "combine"
+
+
+def combine_input_descs(params: OpParams, rank: int) -> dict[str, TensorDesc | None]:
+    """The combine inputs of global rank ``rank`` as the suite passes them: the expert output in place of
+    dispatch's expand_x, dispatch's assist_info / ep_recv_counts / tp_recv_counts / expand_scales passed on
+    unchanged (the doc's pairing rule), the optional tensors the case asks for (None = not passed)."""
+    e = params.ep_rank(rank)
+    bs, h, k = params.bs_of(e), params.h, params.k
+    outs = output_descs(params, rank)
+    xd, Q = params.x_dtype, params.const_expert_num
+    ins = input_descs(params, rank)
+    alpha = (Q, h) if params.const_alpha == "vector" else (Q,)
+    d: dict[str, TensorDesc | None] = {
+        "expand_x": TensorDesc(xd, outs["expand_x"].shape),
+        "expert_ids": ins["expert_ids"],
+        "assist_info_for_combine": outs["assist_info_for_combine"],
+        "ep_send_counts": outs["ep_recv_counts"],
+        "expert_scales": TensorDesc("float32", (bs, k)),
+        "tp_send_counts": outs["tp_recv_counts"],
+        "x_active_mask": ins["x_active_mask"],
+        "activation_scale": None, "weight_scale": None, "group_list": None,
+        "expand_scales": outs["expand_scales"] if params.expert_scales else None,
+        "shared_expert_x": TensorDesc(xd, (bs, h)) if params.shared_expert_x else None,
+        "elastic_info": None,
+        "ori_x": TensorDesc(xd, (bs, h)) if (params.copy_expert_num > 0 or Q > 0) else None,
+        "const_expert_alpha_1": TensorDesc(xd, alpha) if Q > 0 else None,
+        "const_expert_alpha_2": TensorDesc(xd, alpha) if Q > 0 else None,
+        "const_expert_v": TensorDesc(xd, (Q, h)) if Q > 0 else None,
+        "performance_info": None,
+    }
+    if params.combine_kind == "add_rms_norm":
+        d["residual_x"] = TensorDesc(xd, (bs, 1, h))
+        d["gamma"] = TensorDesc(xd, (h,))
+    return d

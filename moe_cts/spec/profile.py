@@ -22,15 +22,17 @@ from moe_cts.model import (
     ACLNN_ERR_PARAM_INVALID,
     ACLNN_ERR_PARAM_NULLPTR,
     MAX_INT32,
+    OPS,
     PRODUCTS,
     CallDesc,
     OpParams,
     TensorDesc,
 )
-from moe_cts.binding import dispatch_attrs
+from moe_cts.binding import combine_attrs, dispatch_attrs
 from moe_cts.spec import derived
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
+DEFAULT_PROFILE = "v4-doc"  # the operator document itself: the suite's truth unless a fixture names a release
 KINDS = ("checked", "precondition")
 STATUSES = (ACLNN_ERR_PARAM_NULLPTR, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_INNER_TILING_ERROR)
 MiB = derived.MiB
@@ -64,6 +66,8 @@ class Constraint:
     buffer: Mapping | None = None  # {domain, need}
     breaker: tuple = ()
     scope: str = "call"  # "call" (one rank's CallDesc) | "world" (OpParams)
+    ops: tuple = ("dispatch",)  # the calls the row applies to (moe_cts.model.OPS)
+    source: str | None = None  # the real code the row encodes: repository @ tag/commit, path, the check
 
     @property
     def checkable(self) -> bool:
@@ -144,11 +148,16 @@ def call_namespace(call: CallDesc) -> dict:
     TP = a.get("tp_world_size")
     ep_rank = a.get("ep_rank_id")
     gbs = a.get("global_bs")
-    x = t.get("x")
-    bs = x.shape[0] if x is not None and len(x.shape) >= 1 else None
-    H = x.shape[1] if x is not None and len(x.shape) >= 2 else None
     ei = t.get("expert_ids")
     K = ei.shape[1] if ei is not None and len(ei.shape) >= 2 else None
+    if call.op == "dispatch":
+        x = t.get("x")
+        bs = x.shape[0] if x is not None and len(x.shape) >= 1 else None
+        H = x.shape[1] if x is not None and len(x.shape) >= 2 else None
+    else:  # combine: Bs from expert_ids, H from expand_x
+        ex = t.get("expand_x")
+        bs = ei.shape[0] if ei is not None and len(ei.shape) >= 1 else None
+        H = ex.shape[1] if ex is not None and len(ex.shape) >= 2 else None
     SE = 0 if (S == 0 and SE_raw == 1) else SE_raw
     try:
         Lmoe = M // (W - S) if W - S > 0 else None
@@ -181,7 +190,8 @@ def call_namespace(call: CallDesc) -> dict:
         has=has, dt=dt, shp=shp, nd=nd, dim=dim, desc=desc, env=env, product=call.product,
         W=W, S=S, SE_raw=SE_raw, SE=SE, M=M, TP=TP, T=max(TP, 1) if isinstance(TP, int) else None,
         ep_rank=ep_rank, tp_rank=a.get("tp_rank_id"), shard=a.get("expert_shard_type"),
-        qm=a.get("quant_mode"), gbs=gbs, ett=a.get("expert_token_nums_type"),
+        qm=a.get("quant_mode"), gbs=gbs, ett=a.get("expert_token_nums_type"), cqm=a.get("comm_quant_mode"),
+        op=call.op,
         comm_alg=a.get("comm_alg"), alg=effective_alg(call.product, a.get("comm_alg"), env),
         Z=a.get("zero_expert_num"), C=a.get("copy_expert_num"), Q=a.get("const_expert_num"),
         group_ep=a.get("group_ep"), group_tp=a.get("group_tp"),
@@ -302,8 +312,9 @@ class Profile:
         self._by_id = {r.id: r for r in self.rows}
         compiled = [_Compiled(r, i) for i, r in enumerate(self.rows)]
         self._compiled = {c.row.id: c for c in compiled}
-        self._call_rows = {p: [c for c in compiled if p in c.row.products and c.row.scope == "call" and c.row.checkable]
-                           for p in PRODUCTS}
+        self._call_rows = {(p, op): [c for c in compiled if p in c.row.products and op in c.row.ops
+                                     and c.row.scope == "call" and c.row.checkable]
+                           for p in PRODUCTS for op in OPS}
         self._world_rows = {p: [c for c in compiled if p in c.row.products and c.row.scope == "world" and c.row.checkable]
                             for p in PRODUCTS}
 
@@ -322,10 +333,12 @@ class Profile:
         """Every violated (call-scope) row applicable to this call, in check order."""
         if call.product not in PRODUCTS:
             raise ValueError(f"unknown product {call.product!r}; expected one of {PRODUCTS}")
+        if call.op not in OPS:
+            raise ValueError(f"unknown op {call.op!r}; expected one of {OPS}")
         ns = call_namespace(call)
         alg = ns["alg"]
         out = []
-        for c in self._call_rows[call.product]:
+        for c in self._call_rows[(call.product, call.op)]:
             ca = c.row.comm_algs
             if ca is not None and alg not in ca:
                 continue
@@ -365,12 +378,15 @@ class Profile:
 
     def check_params(self, params: OpParams, *, env: Mapping | None = None,
                      overrides: Mapping | None = None) -> list[Violation]:
-        """Union of check() over every rank kind of the world (dedup by id, check order) + world-scope rows."""
+        """Union of check() over every rank kind of the world, dispatch and then combine (dedup by id, check
+        order) + world-scope rows. A case runs both calls, so it is legal only if both are."""
         if params.product not in PRODUCTS:
             raise ValueError(f"unknown product {params.product!r}; expected one of {PRODUCTS}")
         found: dict[str, Violation] = {}
         for g in representative_ranks(params):
             for v in self.check(self.call_desc(params, g, env=env, overrides=overrides)):
+                found.setdefault(v.constraint, v)
+            for v in self.check(make_combine_call_desc(params, g, env=env, overrides=overrides)):
                 found.setdefault(v.constraint, v)
         for v in self.check_world(params, env=env):
             found.setdefault(v.constraint, v)
@@ -389,7 +405,7 @@ class Profile:
         best = 0
         for g in representative_ranks(params):
             ns = call_namespace(make_call_desc(params, g, env=env))
-            for c in self._call_rows[params.product]:
+            for c in self._call_rows[(params.product, "dispatch")]:
                 r = c.row
                 if r.buffer is None or r.buffer["domain"] != domain:
                     continue
@@ -538,7 +554,7 @@ class Profile:
 def _param_set(param: str, value) -> dict:
     if param in _OP_FIELDS:
         return {"set": {param: value}}
-    if param.startswith(("tensors.", "attrs.", "env.")):
+    if param.startswith(("tensors.", "attrs.", "env.", COMBINE_PREFIX)):
         return {"override": {param: value}}
     return {"override": {f"attrs.{param}": value}}
 
@@ -573,8 +589,29 @@ def make_call_desc(params: OpParams, rank: int, *, env: Mapping | None = None,
         envd.update(env)
     if overrides:
         for path, value in overrides.items():
-            _apply_override(path, value, attrs, tensors, envd)
+            if not path.startswith(COMBINE_PREFIX):
+                _apply_override(path, value, attrs, tensors, envd)
     return CallDesc(params.product, attrs, tensors, envd)
+
+
+COMBINE_PREFIX = "combine."  # overrides of the combine call: combine.tensors.NAME..., combine.attrs.NAME
+
+
+def make_combine_call_desc(params: OpParams, rank: int, *, env: Mapping | None = None,
+                           overrides: Mapping | None = None) -> CallDesc:
+    """Global rank ``rank``'s combine call for this case (the flavour params.combine_kind names)."""
+    attrs = combine_attrs(params, rank, group_ep="ep", group_tp="tp")
+    tensors: dict[str, TensorDesc | None] = dict(derived.combine_input_descs(params, rank))
+    envd = {"HCCL_BUFFSIZE": 200}
+    if env:
+        envd.update(env)
+    if overrides:
+        for path, value in overrides.items():
+            if path.startswith(COMBINE_PREFIX):
+                _apply_override(path[len(COMBINE_PREFIX):], value, attrs, tensors, envd)
+            elif path.startswith("env."):
+                _apply_override(path, value, attrs, tensors, envd)
+    return CallDesc(params.product, attrs, tensors, envd, op=derived.combine_op(params))
 
 
 def _apply_override(path: str, value, attrs: dict, tensors: dict, env: dict) -> None:
@@ -633,7 +670,16 @@ def _row_from_dict(d: Mapping, version: str) -> Constraint:
         params=tuple(d.get("params", ())), decision=d.get("decision"), version=str(d.get("version", version)),
         when=d.get("when"), expr=d.get("expr"), msg=d.get("msg"), range=d.get("range"), enum=d.get("enum"),
         buffer=d.get("buffer"), breaker=tuple(d.get("breaker") or ()), scope=d.get("scope", "call"),
+        ops=_ops(d), source=d.get("source"),
     )
+
+
+def _ops(d: Mapping) -> tuple:
+    ops = tuple(d.get("ops") or ("dispatch",))
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise ValueError(f"row {d.get('id')}: ops {bad} not in {OPS}")
+    return ops
 
 
 def _row_to_dict(r: Constraint) -> dict:
@@ -642,11 +688,12 @@ def _row_to_dict(r: Constraint) -> dict:
     d["comm_algs"] = list(r.comm_algs) if r.comm_algs is not None else None
     d["params"] = list(r.params)
     d["breaker"] = list(r.breaker)
+    d["ops"] = list(r.ops)
     return d
 
 
 @functools.lru_cache(maxsize=None)
-def load_profile(name: str = "v4-doc") -> Profile:
+def load_profile(name: str = DEFAULT_PROFILE) -> Profile:
     """Load (cached) a profile by name (moe_cts/spec/profiles/NAME.yaml) or by path to a YAML file."""
     path = _profile_path(name)
     if not path.is_file():

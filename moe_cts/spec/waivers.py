@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from moe_cts.spec.profile import DEFAULT_PROFILE, load_profile
+
 WAIVERS_FILE = Path(__file__).with_name("waivers.yaml")
 
 
@@ -16,6 +18,15 @@ class Waiver:
     constraint: str  # the row id it waives
     kernel_behaviour: str  # what the shipped kernel does instead
     source: str  # where that is known from (kernel-behaviour.md section / repository path / issue)
+    products: tuple = ()  # the products it applies to (empty: every product of its row)
+
+    def applies(self, constraint: str | None, product: str) -> bool:
+        return constraint == self.constraint and (not self.products or product in self.products)
+
+
+def waiver_for(waivers, constraint: str | None, product: str) -> Waiver | None:
+    """The first waiver of ``waivers`` covering row ``constraint`` on ``product`` (None: not waived)."""
+    return next((w for w in waivers if w.applies(constraint, product)), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,10 +35,8 @@ def _load_all() -> dict:
         return yaml.safe_load(f) or {}
 
 
-def load_waivers(profile: str = "v4-doc") -> list[Waiver]:
+def load_waivers(profile: str = DEFAULT_PROFILE) -> list[Waiver]:
     """The waivers of `profile`: its own plus its ancestors', limited to rows the profile still has."""
-    from moe_cts.spec.profile import load_profile
-
     prof = load_profile(profile)
     data = _load_all().get("profiles", {})
     out, seen = [], set()
@@ -38,5 +47,6 @@ def load_waivers(profile: str = "v4-doc") -> list[Waiver]:
             seen.add(w["id"])
             if w["constraint"] not in {r.id for r in prof.rows}:
                 continue
-            out.append(Waiver(str(w["id"]), str(w["constraint"]), str(w["kernel_behaviour"]).strip(), str(w["source"]).strip()))
+            out.append(Waiver(str(w["id"]), str(w["constraint"]), str(w["kernel_behaviour"]).strip(),
+                              str(w["source"]).strip(), tuple(w.get("products") or ())))
     return out

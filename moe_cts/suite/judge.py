@@ -144,8 +144,12 @@ def verdict(cmp: Comparison, what: str):
 def _status_mismatches(case: Case, outcomes) -> list[str]:
     wrong = []
     for o in outcomes:
+        op = getattr(o.error, "op", case.expect_op)
         if o.error is None:
             wrong.append(f"rank {o.rank}: the call was ACCEPTED")
+        elif op != case.expect_op:
+            wrong.append(f"rank {o.rank}: {op} rejected the call ({describe_error(o.error)}), but {case.expect_op} "
+                         f"is the call that must reject it")
         elif case.expect_binding:
             if not isinstance(o.error, BindingError):
                 wrong.append(f"rank {o.rank}: got {describe_error(o.error)}")
@@ -158,7 +162,7 @@ def expect_status(case: Case, outcomes):
     """Every rank must reject the call with the documented status (or, where torch_npu's own Python
     check fires first, with that binding rejection: the aclnn status is unobservable through torch_npu)."""
     expected = "a torch_npu binding rejection" if case.expect_binding else f"aclnn {case.expect_status}"
-    with phase(f"compare status: expect {expected} on every rank"):
+    with phase(f"compare status: expect {expected} from {case.expect_op} on every rank"):
         wrong = _status_mismatches(case, outcomes)
     if wrong and case.expect_binding:
         raise CaseFailure(
@@ -167,6 +171,6 @@ def expect_status(case: Case, outcomes):
             + "\n".join(wrong[:8]))
     if wrong:
         raise CaseFailure(
-            f"case {case.id}: expected every rank to fail with aclnn status {case.expect_status} "
+            f"case {case.id}: expected {case.expect_op} to fail on every rank with aclnn status {case.expect_status} "
             f"{STATUS_NAMES.get(case.expect_status, '')} because constraint {case.expect_constraint} is broken "
             f"({', '.join(f'{k}={v!r}' for k, v in case.overrides) or 'see parameters'}); instead:\n" + "\n".join(wrong[:8]))

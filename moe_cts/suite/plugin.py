@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from moe_cts import cases as cases_mod
+from moe_cts.spec import hccl_buffsize_min_mb, load_waivers, waiver_for
 
 DEFAULT_FIXTURE = "fixtures/sim.yaml"
 _STATE_KEY = pytest.StashKey[dict]()
@@ -67,11 +69,7 @@ class _State:
         from moe_cts.oracle.compare import EXACT, Tolerance
 
         self.tolerance = Tolerance(int8_steps=1, scale_rel=1e-6) if config.getoption("--hw-tolerance") else EXACT
-        from moe_cts.spec import load_waivers
-
-        self.waivers = {}
-        for w in load_waivers(self.profile):
-            self.waivers.setdefault(w.constraint, w)
+        self.waivers = load_waivers(self.profile)
 
     @property
     def pool(self):
@@ -114,26 +112,40 @@ def pytest_unconfigure(config):
         st["s"].close()
 
 
-def _marks_for(case, st) -> list:
+def selection_marks(case) -> list:
+    """The marks -m selects on: tiers (a case carries its own tier and every larger one), product, kind."""
     marks = [getattr(pytest.mark, t) for t in cases_mod.TIERS[cases_mod.TIERS.index(case.tier):]]
     marks.append(getattr(pytest.mark, case.product.lower()))
     marks.append(getattr(pytest.mark, "legal" if case.legal else "illegal"))
     if case.expect_constraint and "hcclBuffsize" in case.expect_constraint:
         marks.append(pytest.mark.buffsize)
+    return marks
+
+
+def fixture_skip(case, st) -> str | None:
+    """Why the session's fixture cannot run ``case`` (None: it can)."""
     fx = st.fixture
     if st.unavailable:
-        marks.append(pytest.mark.skip(reason=st.unavailable))
+        return st.unavailable
     if case.product not in fx.products:
-        marks.append(pytest.mark.skip(reason=f"fixture {fx.name} serves {list(fx.products)}, case is {case.product}"))
-    cap = fx.capacity() if hasattr(fx, "capacity") else None
+        return f"fixture {fx.name} serves {list(fx.products)}, case is {case.product}"
+    cap = fx.capacity()
     if cap is not None and case.params.world_size > cap:
-        marks.append(pytest.mark.skip(
-            reason=f"case needs {case.params.world_size} ranks, fixture {fx.name} has {cap}"))
+        return f"case needs {case.params.world_size} ranks, fixture {fx.name} has {cap}"
     if case.legal:
         need, have = _buffsize_need(case), fx.hccl_buffsize_mb
         if need is not None and need > have:
-            marks.append(pytest.mark.skip(reason=f"case needs HCCL_BUFFSIZE >= {need} MB, fixture {fx.name} has {have} MB"))
-    w = st.waivers.get(case.expect_constraint) if case.expect_constraint else None
+            return f"case needs HCCL_BUFFSIZE >= {need} MB, fixture {fx.name} has {have} MB"
+    return None
+
+
+def verdict_marks(case, st) -> list:
+    """Skips (the fixture cannot run it) and the waiver (still run, reported with its id)."""
+    marks = []
+    why = fixture_skip(case, st)
+    if why:
+        marks.append(pytest.mark.skip(reason=why))
+    w = waiver_for(st.waivers, case.expect_constraint, case.product)
     if w is not None:
         marks.append(pytest.mark.waived(w.id))
         marks.append(pytest.mark.xfail(reason=f"waived {w.id}: {w.kernel_behaviour} ({w.source})", strict=False))
@@ -141,12 +153,36 @@ def _marks_for(case, st) -> list:
 
 
 def _buffsize_need(case):
-    from moe_cts.spec import hccl_buffsize_min_mb
-
     try:
-        return hccl_buffsize_min_mb(case.params, "ep")
+        return hccl_buffsize_min_mb(case.params, "ep", profile=case.profile)
     except (ValueError, KeyError, NotImplementedError):
         return None
+
+
+def _case_item(item):
+    cs = getattr(item, "callspec", None)
+    case = cs.params.get("case") if cs is not None else None
+    return case if isinstance(case, cases_mod.Case) and getattr(item.module, "CASE_KIND", None) else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Skips and waivers in one place (the array-api-tests pattern), with a warning for a waiver that no
+    generated case of the profile can meet: it documents a behaviour the suite never observes."""
+    cases = [(it, _case_item(it)) for it in items]
+    if not any(c is not None for _, c in cases):
+        return
+    st = state(config)
+    for item, case in cases:
+        if case is not None:
+            for m in verdict_marks(case, st):
+                item.add_marker(m)
+    generated = cases_mod.generate(st.profile)
+    for w in st.waivers:
+        if not any(w.applies(c.expect_constraint, c.product) for c in generated):
+            warnings.warn(pytest.PytestWarning(
+                f"waiver {w.id} (row {w.constraint}) matches no generated case of profile {st.profile}: "
+                "it can never be observed by this suite"))
 
 
 def pytest_generate_tests(metafunc):
@@ -158,7 +194,7 @@ def pytest_generate_tests(metafunc):
     st = state(metafunc.config)
     product = metafunc.config.getoption("--product")
     selected = cases_for(kind, st.profile, product, getattr(metafunc.module, "CASE_FILTER", None))
-    metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=_marks_for(c, st)) for c in selected])
+    metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=selection_marks(c)) for c in selected])
 
 
 def cases_for(kind: str, profile: str, product: str | None, extra_filter=None) -> list:
@@ -203,8 +239,7 @@ def _allure_labels(request):
     for k, v in case.allure_parameters().items():
         allure.dynamic.parameter(k, v)
     if case.expect_constraint:
-        st = state(request.config)
-        w = st.waivers.get(case.expect_constraint)
+        w = waiver_for(state(request.config).waivers, case.expect_constraint, case.product)
         if w is not None:
             allure.dynamic.label("waiver", w.id)
             allure.dynamic.tag("waived")

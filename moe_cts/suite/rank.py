@@ -8,6 +8,7 @@ the real arguments here, so an illegal case exercises the real call path.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -19,6 +20,8 @@ from moe_cts.cases.experts import apply_experts
 from moe_cts.cases.inputs import rank_inputs
 from moe_cts.model import DISPATCH_OUTPUTS, OpParams
 from moe_cts.spec import DEFAULT_PROFILE, load_profile
+from moe_cts.spec.derived import combine_op
+from moe_cts.spec.profile import COMBINE_PREFIX
 
 
 
@@ -118,8 +121,8 @@ def dispatch_kwargs(p: OpParams, inp: dict, ctx, overrides: dict | None = None, 
     if p.performance_info:
         torch = _torch()
         kw["performance_info"] = torch.zeros(p.ep_world_size, dtype=torch.int64, device=dev)
+    overrides = {k: v for k, v in (overrides or {}).items() if not k.startswith(COMBINE_PREFIX)}
     if overrides:
-        overrides = dict(overrides)
         y = overrides.pop("tensors.expand_x.dtype", None)
         if y is not None:
             kw["y_dtype"] = Y_DTYPE[y]
@@ -153,8 +156,9 @@ def _materialise_absent(kw: dict, p: OpParams, rank: int, overrides: dict, devic
             del overrides[k]
 
 
-def combine_kwargs(p: OpParams, inp: dict, ctx, d: tuple, expert_out) -> dict:
-    """One rank's combine call (either flavour) as torch_npu keywords, fed by its dispatch outputs ``d``."""
+def combine_kwargs(p: OpParams, inp: dict, ctx, d: tuple, expert_out, overrides: dict | None = None) -> dict:
+    """One rank's combine call (either flavour) as torch_npu keywords, fed by its dispatch outputs ``d``;
+    the case's ``combine.*`` overrides applied on top."""
     dev = ctx.device
     _expand_x, _scales, assist, _etn, ep_recv, tp_recv, expand_scales = d
     kw: dict[str, Any] = dict(
@@ -172,7 +176,30 @@ def combine_kwargs(p: OpParams, inp: dict, ctx, d: tuple, expert_out) -> dict:
         kw.update(expand_idx=assist, residual_x=to_torch(inp["residual_x"], dev), gamma=to_torch(inp["gamma"], dev))
     else:
         kw["assist_info_for_combine"] = assist
-    return kw
+    mine = {}
+    for key, value in (overrides or {}).items():
+        if key.startswith(COMBINE_PREFIX):
+            key = key[len(COMBINE_PREFIX):]
+            if p.combine_kind == "add_rms_norm":
+                key = key.replace("tensors.assist_info_for_combine", "tensors.expand_idx")
+            if key.startswith("attrs.group_") and value in GROUP_PLACEHOLDERS:
+                value = getattr(ctx, GROUP_PLACEHOLDERS[value])
+            mine[key] = value
+    return apply_overrides(kw, mine, dev) if mine else kw
+
+
+@contextlib.contextmanager
+def _op(name: str):
+    """Tag an exception with the call that raised it (``.op``): an illegal case names the call that must
+    reject it, and a dispatch rejection must not pass for a combine one."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            exc.op = name
+        except AttributeError:  # exceptions without a __dict__
+            pass
+        raise
 
 
 def valid_rows_from(p: OpParams, expert_token_nums: np.ndarray) -> int:
@@ -220,6 +247,7 @@ def run_case_on_rank(ctx, backend, payload: dict) -> dict:
     env = dict(ctx.env)
     env.update(case.env_dict())
     ctx.env = env
+    ctx.profile = case.profile
     inp = _inputs(case, p, ctx.rank)
     overrides = case.overrides_dict()
     result: dict[str, Any] = {"rank": ctx.rank, "runs": [], "timings": {}}
@@ -230,7 +258,8 @@ def run_case_on_rank(ctx, backend, payload: dict) -> dict:
         if perf is not None and kw.get("performance_info") is not None:
             kw["performance_info"] = perf  # accumulate across calls, as the doc says
         t0 = time.perf_counter()
-        d = backend.dispatch(ctx, **kw)
+        with _op("dispatch"):
+            d = backend.dispatch(ctx, **kw)
         result["timings"].setdefault("dispatch_s", []).append(time.perf_counter() - t0)
         perf = kw.get("performance_info")
         run = {"dispatch": {name: to_numpy(t) for name, t in zip(DISPATCH_OUTPUTS, d)}}
@@ -242,13 +271,14 @@ def run_case_on_rank(ctx, backend, payload: dict) -> dict:
     out = result["runs"][-1]["dispatch"]
     valid = valid_rows_from(p, out["expert_token_nums"])
     expert_out = apply_experts(p, ctx.rank, out["expand_x"], out["dynamic_scales"], out["expert_token_nums"], valid)
-    ckw = combine_kwargs(p, inp, ctx, d, expert_out)
+    ckw = combine_kwargs(p, inp, ctx, d, expert_out, overrides)
     t0 = time.perf_counter()
-    if p.combine_kind == "add_rms_norm":
-        y, rstd, x = backend.combine_add_rms_norm(ctx, **ckw)
-        result["combine"] = {"y": to_numpy(y), "rstd": to_numpy(rstd), "x": to_numpy(x)}
-    else:
-        result["combine"] = {"x": to_numpy(backend.combine(ctx, **ckw))}
+    with _op(combine_op(p)):
+        if p.combine_kind == "add_rms_norm":
+            y, rstd, x = backend.combine_add_rms_norm(ctx, **ckw)
+            result["combine"] = {"y": to_numpy(y), "rstd": to_numpy(rstd), "x": to_numpy(x)}
+        else:
+            result["combine"] = {"x": to_numpy(backend.combine(ctx, **ckw))}
     result["timings"]["combine_s"] = time.perf_counter() - t0
     result["expert_out_rows"] = valid
     return result

@@ -21,7 +21,7 @@ Keys (defaults in brackets)::
     torchrun        mapping        [{}]; store_host, store_port, nproc_per_node, nnodes, max_restarts
     dist_backend    gloo|nccl|hccl [cpu: gloo, cuda: nccl, npu: hccl]
     start_method    fork|spawn|forkserver [cpu: fork, else spawn]
-    spec_profile    str            [v4-doc]
+    spec_profile    str            [the doc profile, moe_cts.spec.DEFAULT_PROFILE]
     deadlines       mapping        case_s [60] per multi-rank action, start_s [120] to start a world,
                                    error_grace_s [10] for the other ranks once one has raised
     env             mapping str->str [{}]; set in every rank process (HCCL_BUFFSIZE, TASK_QUEUE_ENABLE ...)
@@ -36,6 +36,7 @@ from typing import Any
 
 from moe_cts import repo
 from moe_cts.model import PRODUCTS
+from moe_cts.spec import DEFAULT_PROFILE
 
 REPO_FIXTURES = repo.FIXTURES
 DEFAULT_FIXTURE = "sim"
@@ -79,7 +80,7 @@ class Fixture:
     torchrun: dict = field(default_factory=dict)
     dist_backend: str = "gloo"
     start_method: str = "fork"
-    spec_profile: str = "v4-doc"
+    spec_profile: str = DEFAULT_PROFILE
     deadlines: Deadlines = field(default_factory=Deadlines)
     env: dict = field(default_factory=dict)
     loopback_above: int = 16
@@ -227,7 +228,7 @@ def load_fixture(path: str | os.PathLike = DEFAULT_FIXTURE) -> Fixture:
                           DIST_BACKENDS[device_type])
     start_method = choice("start_method", raw.get("start_method", START_METHODS[device_type][0]),
                           START_METHODS[device_type])
-    spec_profile = string("spec_profile", raw.get("spec_profile", "v4-doc"))
+    spec_profile = string("spec_profile", raw.get("spec_profile", DEFAULT_PROFILE))
 
     dl_raw = mapping("deadlines", raw.get("deadlines"))
     for k in dl_raw:

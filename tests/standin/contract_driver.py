@@ -66,7 +66,7 @@ def _mutant_backend(kind):
                 kw["expert_tokens_num_type"] = kw.pop("expert_token_nums_type", 1)
             if kind == "keyword_positionally" and op_name == npu_mod.DISPATCH_OP:
                 # what a hand-written call `op(x, ids, g, W, r, M, performance_info)` would do
-                args = [positional[p] for p in npu_mod._POSITIONAL[op_name]]
+                args = [positional[p] for p in npu_mod.positional(op_name)]
                 args[2] = self.group_name(ctx, args[2])
                 try:
                     return getattr(torch_npu, op_name)(*args, kw["performance_info"])
@@ -258,14 +258,10 @@ def main(argv):
     extra["task_queue_enable"] = os.environ.get("TASK_QUEUE_ENABLE")
     extra["ops"] = sorted(torch_npu.SCHEMAS)
     from moe_cts.backends import npu as npu_mod
-    extra["positional"] = {  # the backend's positional lists vs the schema's non-keyword-only arguments
-        op: [[a.name for a in torch_npu._SCHEMA_OBJ[op].arguments if not a.kwarg_only], list(names)]
-        for op, names in npu_mod._POSITIONAL.items()}
-    try:
-        from moe_cts.backends import sim
-        extra["sim_checker"] = sim._load_checker("v4-doc") is not None
-    except Exception:  # noqa: BLE001
-        extra["sim_checker"] = False
+    from moe_cts import binding
+    extra["positional"] = {  # what the backend passes positionally vs the dispatcher's non-keyword-only arguments
+        op: [[a.name for a in torch_npu._SCHEMA_OBJ[op].arguments if not a.kwarg_only], list(binding.positional(op))]
+        for op in binding.OPS}
     ids = argv or list(SCENARIOS)
     res = {sid: run(sid) for sid in ids}
     print(json.dumps({"scenarios": res, "extra": extra}))

@@ -1,7 +1,7 @@
 """numpy golden model of aclnnMoeDistributeDispatchV4 / CombineV4 (+ CombineAddRmsNormV2).
 
 numpy + ml_dtypes only: no torch, no backends. See docs/reference.md for what is modelled, and
-moe_cts/reference/dispatch.py, combine.py for the exact formulas (kernel-behaviour.md §1-§4).
+moe_cts/oracle/reference/dispatch.py, combine.py for the exact formulas (kernel-behaviour.md §1-§4).
 
 Variants: ``"doc"`` follows the operator document where it and the shipped kernel differ; ``"kernel"``
 follows the kernel. Differences modelled:

@@ -76,7 +76,7 @@ def _const_term(p, inp, c_idx: np.ndarray, xf: np.ndarray) -> np.ndarray:
     a1 = np.asarray(inp["const_expert_alpha_1"])
     a2 = np.asarray(inp["const_expert_alpha_2"])
     v = np.asarray(inp["const_expert_v"]).astype(F32)[c_idx]
-    if a1.ndim == 1:  # seed doc / old kernel: scalar alphas (Q,)
+    if a1.ndim == 1:  # the operator document / old kernel: scalar alphas (Q,)
         s1 = a1.astype(F32)[c_idx][:, None]
         s2 = a2.astype(F32)[c_idx][:, None]
         return ((s1 * xf).astype(F32) + (s2 * v).astype(F32)).astype(F32)

@@ -1,7 +1,7 @@
 """A stand-in ``torch_npu`` for the npu backend's contract test (never importable by default).
 
 It binds every call exactly as the real torch_npu does: the ops are defined from the REAL schema strings
-of the torch-npu 2.13.0/2.14.0 wheel (copied verbatim from ../shared/spec/torch-npu-api.md §1a) with
+of the torch-npu 2.13.0/2.14.0 wheel (moe_cts/binding/torch_npu_schemas.yaml, docs/torch-npu-api.md §1a) with
 ``torch.library.Library("npu", "DEF")``, and ``torch_npu.npu_moe_distribute_dispatch_v2`` IS
 ``torch.ops.npu.npu_moe_distribute_dispatch_v2`` (as in torch_npu/utils/custom_ops.py). So torch's
 dispatcher enforces names, positional vs keyword-only, types and defaults; output order is the schema's.
@@ -15,7 +15,7 @@ Behind the schema, each call
 5. answers from the sim backend (``moe_cts.backends.sim.SimBackend``, options by
    ``_standin_configure(check=...)``; a shape-only fake when ``MOE_CTS_STANDIN_FAKE=1``), turning its AclnnError into torch_npu's error text
    (``call aclnnMoeDistributeDispatchV4 failed, error code is N``), and
-6. returns outputs allocated as the real meta functions allocate them (``_meta.py``), with sim's values
+6. returns outputs allocated as moe_cts.binding says the real binding allocates them (``_meta.py``), with sim's values
    copied in; a shape sim disagrees on is logged in ``_standin_log`` (never silently hidden).
 
 Rank context: ``_standin_set_context(ctx)`` (thread-local: loopback worlds run ranks on threads).
@@ -40,25 +40,11 @@ from . import _meta
 _MOE_CTS_STANDIN = True
 __version__ = "2.13.0+moe-cts-standin"
 
-# ---- verbatim `- func:` lines of torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml (torch-npu-api.md §1a)
-SCHEMA_LINES = r'''
-- func: npu_moe_distribute_dispatch_v2(Tensor x, Tensor expert_ids, str group_ep, int ep_world_size, int ep_rank_id, int moe_expert_num, *, Tensor? scales=None, Tensor? x_active_mask=None, Tensor? expert_scales=None, Tensor? elastic_info=None, Tensor? performance_info=None, str group_tp="", int tp_world_size=0, int tp_rank_id=0, int expert_shard_type=0, int shared_expert_num=1, int shared_expert_rank_num=0, int quant_mode=0, int global_bs=0, int expert_token_nums_type=1, str comm_alg="", int zero_expert_num=0, int copy_expert_num=0, int const_expert_num=0, int? y_dtype=None, int? x_dtype=None, int? scales_dtype=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)
-- func: npu_moe_distribute_combine_v2(Tensor expand_x, Tensor expert_ids, Tensor assist_info_for_combine, Tensor ep_send_counts, Tensor expert_scales, str group_ep, int ep_world_size, int ep_rank_id, int moe_expert_num, *, Tensor? tp_send_counts=None, Tensor? x_active_mask=None, Tensor? expand_scales=None, Tensor? shared_expert_x=None, Tensor? elastic_info=None, Tensor? ori_x=None, Tensor? const_expert_alpha_1=None, Tensor? const_expert_alpha_2=None, Tensor? const_expert_v=None, Tensor? performance_info=None, str group_tp="", int tp_world_size=0, int tp_rank_id=0, int expert_shard_type=0, int shared_expert_num=1, int shared_expert_rank_num=0, int global_bs=0, int comm_quant_mode=0, str comm_alg="", int zero_expert_num=0, int copy_expert_num=0, int const_expert_num=0) -> Tensor
-- func: npu_moe_distribute_dispatch(Tensor x, Tensor expert_ids, str group_ep, int ep_world_size, int ep_rank_id, int moe_expert_num, *, Tensor? scales=None, Tensor? x_active_mask=None, Tensor? expert_scales=None, str group_tp="", int tp_world_size=0, int tp_rank_id=0, int expert_shard_type=0, int shared_expert_num=1, int shared_expert_rank_num=0, int quant_mode=0, int global_bs=0, int expert_token_nums_type=1) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)
-- func: npu_moe_distribute_combine(Tensor expand_x, Tensor expert_ids, Tensor expand_idx, Tensor ep_send_counts, Tensor expert_scales, str group_ep, int ep_world_size, int ep_rank_id, int moe_expert_num, *, Tensor? tp_send_counts=None, Tensor? x_active_mask=None, Tensor? activation_scale=None, Tensor? weight_scale=None, Tensor? group_list=None, Tensor? expand_scales=None, Tensor? shared_expert_x=None, str group_tp="", int tp_world_size=0, int tp_rank_id=0, int expert_shard_type=0, int shared_expert_num=1, int shared_expert_rank_num=0, int global_bs=0, int out_dtype=0, int comm_quant_mode=0, int group_list_type=0) -> Tensor
-- func: npu_moe_distribute_combine_add_rms_norm(Tensor expand_x, Tensor expert_ids, Tensor expand_idx, Tensor ep_send_counts, Tensor expert_scales, Tensor residual_x, Tensor gamma, str group_ep, int ep_world_size, int ep_rank_id, int moe_expert_num, *, Tensor? tp_send_counts=None, Tensor? x_active_mask=None, Tensor? activation_scale=None, Tensor? weight_scale=None, Tensor? group_list=None, Tensor? expand_scales=None, Tensor? shared_expert_x=None, Tensor? elastic_info=None, Tensor? ori_x=None, Tensor? const_expert_alpha_1=None, Tensor? const_expert_alpha_2=None, Tensor? const_expert_v=None, str group_tp="", int tp_world_size=0, int tp_rank_id=0, int expert_shard_type=0, int shared_expert_num=1, int shared_expert_rank_num=0, int global_bs=0, int out_dtype=0, int comm_quant_mode=0, int group_list_type=0, str comm_alg="", float norm_eps=1e-06, int zero_expert_num=0, int copy_expert_num=0, int const_expert_num=0) -> (Tensor, Tensor, Tensor)
-- func: _npu_distribute_barrier(Tensor x_ref, str group, int world_size, *, Tensor? time_out=None, Tensor? elastic_info=None) -> Tensor
-'''
-SCHEMAS = {}
-for _line in SCHEMA_LINES.strip().splitlines():
-    _s = _line.split("- func: ", 1)[1].strip()
-    SCHEMAS[_s.split("(", 1)[0]] = _s
+from moe_cts import binding  # noqa: E402 - the schemas, allocation and checks the suite models
 
-ACLNN_API = {  # the kernel the v2 op picks on a current CANN (the highest version present)
-    "npu_moe_distribute_dispatch_v2": "aclnnMoeDistributeDispatchV4",
-    "npu_moe_distribute_combine_v2": "aclnnMoeDistributeCombineV4",
-    "npu_moe_distribute_combine_add_rms_norm": "aclnnMoeDistributeCombineAddRmsNormV2",
-}
+# the verbatim schema strings of torch_npu (moe_cts/binding/torch_npu_schemas.yaml)
+SCHEMAS = binding.schemas()
+ACLNN_API = binding.ACLNN_API  # the kernel the v2 op picks on a current CANN (the highest version present)
 
 _standin_log: list[str] = []  # sim/meta disagreements and other notes for the contract test
 _calls: list[tuple[int, str, dict]] = []  # (rank, op, fully bound arguments) of every call, for assertions
@@ -277,14 +263,14 @@ def _conform(op: str, outs, want, ctx):
     return res
 
 
-def _run(op: str, a: dict, meta_fn, checks_fn, dtypes, sim_method: str):
+def _run(op: str, a: dict, meta_fn, checks_fn, sim_method: str):
     ctx = _standin_context()
     _calls.append((ctx.rank, op, a))
     try:
         checks_fn(a)
     except _meta.BindingCheckFailed as exc:
         raise _binding_error(op, str(exc), ctx) from None
-    bad = _meta.dtype_violation(a, dtypes)
+    bad = _meta.dtype_violation(op, a)
     if bad:
         raise _aclnn_error(op, 161002, bad, ctx)
     want = meta_fn(a)
@@ -310,22 +296,19 @@ def _run(op: str, a: dict, meta_fn, checks_fn, dtypes, sim_method: str):
 def _dispatch_v2(*args, **kwargs):
     op = "npu_moe_distribute_dispatch_v2"
     a = _bind(op, args, kwargs)
-    return tuple(_run(op, a, _meta.dispatch_outputs, _meta.dispatch_checks, _meta.DISPATCH_INPUT_DTYPES,
-                      "dispatch"))
+    return tuple(_run(op, a, _meta.dispatch_outputs, _meta.dispatch_checks, "dispatch"))
 
 
 def _combine_v2(*args, **kwargs):
     op = "npu_moe_distribute_combine_v2"
     a = _bind(op, args, kwargs)
-    return _run(op, a, lambda a: [_meta.combine_output(a)], _meta.combine_checks, _meta.COMBINE_INPUT_DTYPES,
-                "combine")[0]
+    return _run(op, a, lambda a: _meta.combine_outputs(op, a), _meta.combine_checks, "combine")[0]
 
 
 def _combine_add_rms_norm(*args, **kwargs):
     op = "npu_moe_distribute_combine_add_rms_norm"
     a = _bind(op, args, kwargs)
-    return tuple(_run(op, a, _meta.combine_add_rms_norm_outputs, _meta.combine_checks,
-                      _meta.COMBINE_INPUT_DTYPES, "combine_add_rms_norm"))
+    return tuple(_run(op, a, lambda a: _meta.combine_outputs(op, a), _meta.combine_checks, "combine_add_rms_norm"))
 
 
 def _not_modelled(name):
